@@ -1,0 +1,46 @@
+# protomesh entry points. `make help` lists them; every target installs what it needs.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := .tools/node/node_modules/.bin/buf
+DESCRIPTOR := gen/descriptors/protomesh.binpb
+PROTOS := $(shell find protos/acme -name '*.proto' 2>/dev/null | sort)
+SERVICES := users orders notifications
+
+.PHONY: help setup protos lint test up down status bench chaos clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install every tool into the project (.venv, .tools): idempotent, prints each step
+	@scripts/bootstrap.sh
+
+protos: ## Generate Python stubs (gen/python) and the gateway descriptor set ($(DESCRIPTOR))
+	@scripts/bootstrap.sh venv >/dev/null
+	@$(VENV)/bin/protomesh protos --root protos --python-out gen/python --descriptor-out $(DESCRIPTOR)
+
+lint: setup protos ## buf format/lint/breaking, ruff, mypy
+	@echo "==> buf format"; cd protos && ../$(BUF) format --diff --exit-code --path acme
+	@echo "==> buf lint"; cd protos && ../$(BUF) lint
+	@echo "==> buf breaking (against the previous commit)"; scripts/buf-breaking.sh
+	@echo "==> ruff"; $(VENV)/bin/ruff check .
+	@echo "==> mypy"; $(VENV)/bin/mypy
+
+test: setup protos lint ## Run every test against real Consul, Envoy and RabbitMQ
+	@scripts/test.sh
+
+up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)
+	@$(VENV)/bin/protomesh up
+
+down: ## Stop a mesh started with `protomesh up --detach`
+	@$(VENV)/bin/protomesh down
+
+status: ## Show instances, health and gateway routes of the running mesh
+	@$(VENV)/bin/protomesh status
+
+clean: ## Remove generated code and local state (keeps installed tools)
+	rm -rf gen var

@@ -1,0 +1,1 @@
+"""Envoy gateway: bootstrap and the control plane that feeds it from Consul."""

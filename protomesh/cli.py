@@ -1,0 +1,50 @@
+"""The `protomesh` command: code generation, config seeding and the local mesh."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _protos(args: argparse.Namespace) -> int:
+    from protomesh._codegen import CodegenError, generate
+
+    try:
+        files = generate(Path(args.root), Path(args.python_out), Path(args.descriptor_out))
+    except CodegenError as exc:
+        print(f"protomesh protos: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> generated {len(files)} contracts into {args.python_out} and {args.descriptor_out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protomesh",
+        description="gRPC-first service mesh for Python: contracts, runtime, Consul, Envoy, RabbitMQ.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    protos = commands.add_parser(
+        "protos", help="generate Python stubs and the gateway descriptor set from the contracts"
+    )
+    protos.add_argument("--root", default="protos", help="folder holding the contracts (default: protos)")
+    protos.add_argument("--python-out", default="gen/python", help="stub folder (default: gen/python)")
+    protos.add_argument(
+        "--descriptor-out",
+        default="gen/descriptors/protomesh.binpb",
+        help="descriptor set for Envoy's transcoder (default: gen/descriptors/protomesh.binpb)",
+    )
+    protos.set_defaults(func=_protos)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Test helpers that start real components (Consul, Envoy, RabbitMQ, services); no stand-ins."""
+
+from __future__ import annotations
+
+from protomesh.testing._consul import ConsulAgent
+from protomesh.testing._process import (
+    DEFAULT_READY_TIMEOUT_S,
+    ManagedProcess,
+    MissingComponentError,
+    async_wait_until,
+    find_binary,
+    free_port,
+    port_open,
+    project_root,
+    wait_until,
+)
+
+__all__ = [
+    "DEFAULT_READY_TIMEOUT_S",
+    "ConsulAgent",
+    "ManagedProcess",
+    "MissingComponentError",
+    "async_wait_until",
+    "find_binary",
+    "free_port",
+    "port_open",
+    "project_root",
+    "wait_until",
+]

@@ -1,0 +1,70 @@
+"""A real Consul dev agent on free loopback ports, restartable with the same ports (and no state)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+from protomesh.testing._process import ManagedProcess, find_binary, free_port, wait_until
+
+
+class ConsulAgent:
+    """`consul agent -dev` bound to 127.0.0.1; `restart()` loses all state like a real dev agent does."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.binary = find_binary("consul")
+        self.http_port = free_port()
+        self._ports = {
+            "-dns-port": "-1",
+            "-grpc-port": "-1",
+            "-serf-lan-port": str(free_port()),
+            "-serf-wan-port": str(free_port()),
+            "-server-port": str(free_port()),
+        }
+        self._log_dir = log_dir
+        self.process: ManagedProcess | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def start(self) -> None:
+        argv = [self.binary, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
+                "-node=protomesh-test", f"-http-port={self.http_port}"]
+        argv += [f"{flag}={value}" for flag, value in self._ports.items()]
+        self.process = ManagedProcess("consul", argv, log_dir=self._log_dir)
+        self.process.start()
+        wait_until(self._leader_elected, what="consul leader election")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _leader_elected(self) -> bool:
+        assert self.process is not None
+        self.process.ensure_alive()
+        try:
+            return bool(self.get("/v1/status/leader"))
+        except OSError:
+            return False
+
+    def get(self, path: str) -> object:
+        """GET a Consul HTTP API path and decode its JSON (blocking; for test assertions)."""
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=5) as response:
+            return json.loads(response.read() or b"null")
+
+    def put(self, path: str, body: bytes | str) -> object:
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(f"http://{self.address}{path}", data=data, method="PUT")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read() or b"null")
+
+    def passing_instances(self, service: str) -> list[dict[str, object]]:
+        entries = self.get(f"/v1/health/service/{service}?passing=true")
+        assert isinstance(entries, list)
+        return [entry["Service"] for entry in entries]

