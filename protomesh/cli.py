@@ -20,6 +20,16 @@ def _protos(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from protomesh._probe import probe
+
+    status = asyncio.run(probe(args.target, args.service, timeout=args.timeout))
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protomesh",
@@ -38,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="descriptor set for Envoy's transcoder (default: gen/descriptors/protomesh.binpb)",
     )
     protos.set_defaults(func=_protos)
+
+    probe = commands.add_parser(
+        "probe", help="ask a gRPC server's health service; exit 0 when SERVING (container healthchecks)"
+    )
+    probe.add_argument("target", help="host:port of the server")
+    probe.add_argument("service", nargs="?", default="", help="full service name (default: the whole server)")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default: 2)")
+    probe.set_defaults(func=_probe)
     return parser
 
 

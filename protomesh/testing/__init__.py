@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protomesh.testing._consul import ConsulAgent
-from protomesh.testing._process import (
+from protomesh._mesh.consul import ConsulAgent
+from protomesh._process import (
     DEFAULT_READY_TIMEOUT_S,
     ManagedProcess,
     MissingComponentError,

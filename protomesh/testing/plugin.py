@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protomesh.testing._consul import ConsulAgent
+from protomesh._mesh.consul import ConsulAgent
 
 
 @pytest.fixture

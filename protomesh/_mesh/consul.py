@@ -1,4 +1,4 @@
-"""A real Consul dev agent on free loopback ports, restartable with the same ports (and no state)."""
+"""A real Consul dev agent on loopback, restartable with the same ports (and, like any dev agent, no state)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 import urllib.request
 from pathlib import Path
 
-from protomesh.testing._process import ManagedProcess, find_binary, free_port, wait_until
+from protomesh._process import ManagedProcess, find_binary, free_port, wait_until
 
 
 class ConsulAgent:
     """`consul agent -dev` bound to 127.0.0.1; `restart()` loses all state like a real dev agent does."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, http_port: int | None = None) -> None:
         self.binary = find_binary("consul")
-        self.http_port = free_port()
+        self.http_port = http_port or free_port()
         self._ports = {
             "-dns-port": "-1",
             "-grpc-port": "-1",
@@ -31,7 +31,7 @@ class ConsulAgent:
 
     def start(self) -> None:
         argv = [self.binary, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
-                "-node=protomesh-test", f"-http-port={self.http_port}"]
+                "-node=protomesh", f"-http-port={self.http_port}"]
         argv += [f"{flag}={value}" for flag, value in self._ports.items()]
         self.process = ManagedProcess("consul", argv, log_dir=self._log_dir)
         self.process.start()

@@ -1,0 +1,142 @@
+"""Child processes of the real programs protomesh runs (Consul, Envoy, RabbitMQ, services), and ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+# How long a component may take to become ready before a test fails; generous for a loaded 2-core CI.
+DEFAULT_READY_TIMEOUT_S = 30.0
+
+
+class MissingComponentError(RuntimeError):
+    """A real component the tests need is not installed; tests fail loudly rather than skip."""
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The protomesh checkout: the nearest folder above start (or cwd) that holds a Makefile and protos/."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "protos").is_dir() and (folder / "Makefile").is_file():
+            return folder
+    raise MissingComponentError(f"no protomesh checkout above {here}")
+
+
+def find_binary(name: str) -> str:
+    """A tool from PATH or the project's .tools/bin, else MissingComponentError naming `make setup`."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        candidate = project_root() / ".tools" / "bin" / name
+    except MissingComponentError:
+        candidate = None
+    if candidate is not None and os.access(candidate, os.X_OK):
+        return str(candidate)
+    raise MissingComponentError(f"{name} is not installed: run `make setup` (CI runs it through `make test`)")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(
+    check: Callable[[], bool], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str, interval: float = 0.05
+) -> None:
+    """Poll check until it is true; TimeoutError naming what did not happen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+
+
+async def async_wait_until(
+    check: Callable[[], object], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str, interval: float = 0.02
+) -> float:
+    """Poll an async or sync check until truthy; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"{what} did not happen within {timeout:.1f}s")
+        await asyncio.sleep(interval)
+
+
+class ManagedProcess:
+    """One child process with its log file; stop() ends exactly this process (and its group)."""
+
+    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.env = env
+        self.cwd = cwd
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+            start_new_session=True,
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, f"{self.name} was not started"
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def stop(self, *, sig: signal.Signals = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal the process, wait, then SIGKILL its process group if it is still there."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def ensure_alive(self) -> None:
+        if not self.running():
+            raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
