@@ -4,7 +4,7 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq buf googleprotos grpcurl
+# Steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl (grpcurl only on request)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -111,9 +111,19 @@ step_rabbitmq() {
 }
 
 # Installs Debian packages without starting their services (no init system here, nothing to start).
+APT_UPDATED=
 apt_install() {
-  apt-get -q update >/dev/null
+  [ -n "$APT_UPDATED" ] || { apt-get -q update >/dev/null; APT_UPDATED=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+# Only to validate docker-compose.yml statically (no Docker engine is needed for `config -q`).
+step_compose() {
+  step "docker-compose (Debian package, validates docker-compose.yml)"
+  if type -P docker-compose >/dev/null; then ok "installed"; return; fi
+  as_root || die "docker-compose is missing: run 'sudo apt-get install -y docker-compose'"
+  apt_install docker-compose
+  ok "installed"
 }
 
 step_buf() {
@@ -149,11 +159,11 @@ step_grpcurl() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq buf googleprotos)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose buf googleprotos)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | buf | googleprotos | grpcurl) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq buf googleprotos grpcurl)" ;;
+      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl)" ;;
     esac
   done
 }
