@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from protomesh._mesh.topology import MeshPlan
 
 
 def _protos(args: argparse.Namespace) -> int:
@@ -28,6 +33,39 @@ def _probe(args: argparse.Namespace) -> int:
     status = asyncio.run(probe(args.target, args.service, timeout=args.timeout))
     print(status)
     return 0 if status == "SERVING" else 1
+
+
+def _plan() -> MeshPlan:
+    from protomesh._mesh.topology import MeshPlan
+    from protomesh._process import project_root
+
+    return MeshPlan.from_env(project_root(), os.environ)
+
+
+def _up(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from protomesh._mesh import control, runner
+
+    if args.detach:
+        return control.up_detached(_plan())
+    return asyncio.run(runner.run_foreground(_plan()))
+
+
+def _down(args: argparse.Namespace) -> int:
+    from protomesh._mesh import control
+
+    return control.down(_plan())
+
+
+def _status(args: argparse.Namespace) -> int:
+    from protomesh._mesh import control
+
+    return control.status(_plan())
+
+
+MESH_ENV_HELP = """environment: GATEWAY_PORT (8080), ENVOY_ADMIN_PORT (9901), XDS_PORT (18000), CONSUL_PORT (8500),
+AMQP_PORT (5672), USERS_REPLICAS (2), ORDERS_REPLICAS (1), NOTIFICATIONS_REPLICAS (1)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("service", nargs="?", default="", help="full service name (default: the whole server)")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default: 2)")
     probe.set_defaults(func=_probe)
+
+    up = commands.add_parser("up", help="run the whole local mesh (foreground; Ctrl-C stops it)",
+                             epilog=MESH_ENV_HELP)
+    up.add_argument("--detach", action="store_true", help="run in the background; stop with `protomesh down`")
+    up.set_defaults(func=_up)
+    commands.add_parser("down", help="stop a mesh started with `up --detach`").set_defaults(func=_down)
+    commands.add_parser("status", help="instances, health and gateway routes of the running mesh",
+                        epilog=MESH_ENV_HELP).set_defaults(func=_status)
     return parser
 
 

@@ -29,11 +29,14 @@ class ConsulAgent:
     def address(self) -> str:
         return f"127.0.0.1:{self.http_port}"
 
-    def start(self) -> None:
+    def argv(self) -> list[str]:
+        """The agent's command line: dev mode, loopback only, DNS and gRPC off (nothing uses them)."""
         argv = [self.binary, "agent", "-dev", "-bind=127.0.0.1", "-client=127.0.0.1", "-log-level=warn",
                 "-node=protomesh", f"-http-port={self.http_port}"]
-        argv += [f"{flag}={value}" for flag, value in self._ports.items()]
-        self.process = ManagedProcess("consul", argv, log_dir=self._log_dir)
+        return argv + [f"{flag}={value}" for flag, value in self._ports.items()]
+
+    def start(self) -> None:
+        self.process = ManagedProcess("consul", self.argv(), log_dir=self._log_dir)
         self.process.start()
         wait_until(self._leader_elected, what="consul leader election")
 

@@ -1,0 +1,122 @@
+"""Runs the local mesh: starts each component in order, waits until it is healthy, stops all in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from protomesh._mesh.component import Component
+from protomesh._mesh.stack import mesh_components
+from protomesh._mesh.topology import MeshPlan
+
+log = logging.getLogger("protomesh.mesh")
+
+
+class Mesh:
+    """The running local mesh; `async with Mesh(plan)` starts it, leaving the block stops it."""
+
+    def __init__(self, plan: MeshPlan) -> None:
+        self.plan = plan
+        self.started: list[Component] = []
+        self.timings: dict[str, float] = {}
+
+    async def __aenter__(self) -> Mesh:
+        try:
+            for group in mesh_components(self.plan):
+                await self._start_group(group)
+        except BaseException:
+            await self.stop()
+            raise
+        self._write_state("ready")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _start_group(self, group: list[Component]) -> None:
+        """Components in one group start concurrently (e.g. the instances of a service)."""
+        self.started.extend(group)
+        durations = await asyncio.gather(*(c.start() for c in group))
+        for component, seconds in zip(group, durations, strict=True):
+            self.timings[component.name] = seconds
+            print(f"    {component.name:<16} healthy after {seconds:5.1f}s", flush=True)
+
+    async def stop(self) -> None:
+        """Stop every started component, newest first; a failing stop does not keep others running."""
+        while self.started:
+            component = self.started.pop()
+            try:
+                await component.stop()
+            except Exception:
+                log.exception("stopping %s failed", component.name)
+        self._write_state("stopped")
+
+    def dead(self) -> list[str]:
+        return [c.name for c in self.started if c.process is not None and not c.process.running()]
+
+    def _write_state(self, status: str) -> None:
+        state = {
+            "status": status,
+            "supervisor_pid": os.getpid(),
+            "ports": vars(self.plan.ports),
+            "processes": {c.name: c.process.pid for c in self.started if c.process is not None},
+        }
+        path = self.plan.state_dir / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
+
+    def table(self) -> str:
+        rows = [f"  {c.name:<16} {c.url}" for c in self.started if c.url]
+        return "\n".join(["protomesh is up:", *rows])
+
+
+def examples(plan: MeshPlan) -> str:
+    """Three copy-paste calls: REST through the gateway, and native gRPC on the same port."""
+    gateway = f"127.0.0.1:{plan.ports.gateway}"
+    return f"""Try it (REST and gRPC share the gateway port):
+  curl -s -X POST http://{gateway}/v1/users -d '{{"email": "ada@example.com", "displayName": "Ada"}}'
+  curl -s -X POST http://{gateway}/v1/orders \\
+       -d '{{"userId": "<userId>", "lineItems": [{{"sku": "book", "quantity": 2, "unitPriceCents": 1250}}]}}'
+  .tools/bin/grpcurl -plaintext -protoset gen/descriptors/protomesh.binpb -d '{{"user_id": "<userId>"}}' \\
+       {gateway} acme.notifications.v1.NotificationService/ListNotifications
+"""
+
+
+async def run_foreground(plan: MeshPlan) -> int:
+    """`protomesh up`: start the mesh, print where it is, run until Ctrl-C/SIGTERM or a component dies."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    print(f"==> starting the local mesh (state and logs in {plan.state_dir})", flush=True)
+    async with Mesh(plan) as mesh:
+        print(f"\n{mesh.table()}\n\n(up in {time.monotonic() - started:.1f}s; Ctrl-C stops everything)\n")
+        print(examples(plan), flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            if dead := mesh.dead():
+                print(f"protomesh: {', '.join(dead)} exited; stopping the mesh", file=sys.stderr)
+                return 1
+        print("==> stopping (reverse order)", flush=True)
+    print("==> stopped", flush=True)
+    return 0
+
+
+def state(plan: MeshPlan) -> dict[str, object] | None:
+    path: Path = plan.state_dir / "state.json"
+    try:
+        loaded = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
