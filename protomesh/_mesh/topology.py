@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-# The example domain's services, in start order: orders calls users; notifications consumes orders' events.
-SERVICES = ("users", "orders", "notifications")
+# The example domain's services in start order: orders calls users, and notifications declares its queue
+# before orders publishes (an event no queue is bound to yet is dropped by the broker).
+SERVICES = ("users", "notifications", "orders")
 # Services that publish or consume events and so need the broker's address.
 EVENT_SERVICES = ("orders", "notifications")
 # Every component, in start order; docker-compose.yml lists the same names.

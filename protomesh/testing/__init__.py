@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protomesh._mesh.consul import ConsulAgent
+from protomesh._mesh.rabbitmq import RabbitMQNode, find_rabbitmq_script
 from protomesh._process import (
     DEFAULT_READY_TIMEOUT_S,
     ManagedProcess,
@@ -20,8 +21,10 @@ __all__ = [
     "ConsulAgent",
     "ManagedProcess",
     "MissingComponentError",
+    "RabbitMQNode",
     "async_wait_until",
     "find_binary",
+    "find_rabbitmq_script",
     "free_port",
     "port_open",
     "project_root",

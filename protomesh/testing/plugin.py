@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from protomesh._mesh.consul import ConsulAgent
+from protomesh._mesh.rabbitmq import RabbitMQNode, rabbitmq_node_fixture
 
 
 @pytest.fixture
@@ -19,3 +20,9 @@ def consul_agent(tmp_path: Path) -> Iterator[ConsulAgent]:
         yield agent
     finally:
         agent.stop()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
+    """A real RabbitMQ node shared by one test module (a boot costs ~8 s); fails when RabbitMQ is missing."""
+    yield from rabbitmq_node_fixture(tmp_path_factory.mktemp("rabbitmq"))
