@@ -1,0 +1,138 @@
+"""The transactional outbox's relay: publishes events a service committed to its database, until confirmed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import NamedTuple, Protocol
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from protomesh.events._connect import Backoff
+from protomesh.events._publisher import Publisher
+
+logger = logging.getLogger("protomesh.events")
+
+# Events read and published per storage round trip: small enough that one slow batch does not delay
+# marking earlier events published for long, large enough to drain a backlog after an outage quickly.
+DEFAULT_OUTBOX_BATCH = 100
+# Safety-net poll when nobody calls notify() (another process wrote the row, or a notify was missed).
+DEFAULT_OUTBOX_POLL_S = 1.0
+
+
+class OutboxRecord(NamedTuple):
+    """One stored event: the storage's id for it, the serialized protobuf, and its full proto name."""
+
+    id: int
+    payload: bytes
+    event_type: str
+
+
+class OutboxStorage(Protocol):
+    """What a service's repository implements over the table it writes events to in the same transaction.
+
+    fetch_unpublished returns the oldest unpublished events first, as (id, payload, event_type) tuples.
+    """
+
+    async def fetch_unpublished(self, limit: int) -> Sequence[tuple[int, bytes, str]]: ...
+
+    async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+
+class OutboxRelay:
+    """Publishes the outbox in order, with confirms; while the broker is down it retries with backoff.
+
+        relay = await ctx.enter(OutboxRelay(repo, publisher))
+        async with repo.transaction() as tx:                     # the order and its event, atomically
+            await tx.save_order(order)
+            await tx.add_event(stamp_event(OrderCreated(order=order)))
+        relay.notify()                                           # publish now rather than at the next poll
+
+    An event is marked published only after the broker confirmed it, so none is lost; a crash between the
+    two publishes it again (same event_id), which consumers drop. Store events already stamped (event_id).
+    """
+
+    def __init__(self, storage: OutboxStorage, publisher: Publisher, *, batch_size: int = DEFAULT_OUTBOX_BATCH,
+                 poll_interval_s: float = DEFAULT_OUTBOX_POLL_S) -> None:
+        self._storage = storage
+        self._publisher = publisher
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.published = 0
+
+    async def __aenter__(self) -> OutboxRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="events-outbox-relay")
+
+    def notify(self) -> None:
+        """An event was just committed: publish without waiting for the next poll."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop relaying; an event being published is left unmarked and is published again next start."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def publish_pending(self) -> int:
+        """Publish everything unpublished now, oldest first; returns how many. Raises on the first failure."""
+        total = 0
+        while True:
+            records = [OutboxRecord(*row) for row in await self._storage.fetch_unpublished(self.batch_size)]
+            confirmed: list[int] = []
+            try:
+                for record in records:
+                    await self._publisher.publish(decode_event(record.event_type, record.payload))
+                    confirmed.append(record.id)
+            finally:
+                if confirmed:
+                    await self._storage.mark_published(confirmed)
+            total += len(confirmed)
+            if len(records) < self.batch_size:
+                return total
+
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while True:
+            self._wake.clear()
+            try:
+                self.published += await self.publish_pending()
+            except Exception as error:
+                delay = backoff.next_delay()
+                logger.warning("outbox relay: %s; retrying in %.1fs", error, delay)
+                # Not woken by notify(): orders placed during an outage must not hammer a broker that is down.
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            try:
+                async with asyncio.timeout(self.poll_interval_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+
+def decode_event(type_name: str, payload: bytes) -> Message:
+    """Decode a stored event by its full proto name (its generated module must have been imported)."""
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(type_name)
+    except KeyError:
+        raise ValueError(f"outbox event type {type_name!r} is unknown: import its generated _pb2 module") from None
+    try:
+        message: Message = message_factory.GetMessageClass(descriptor).FromString(payload)
+    except DecodeError as error:
+        raise ValueError(f"outbox payload is not a valid {type_name}: {error}") from error
+    return message

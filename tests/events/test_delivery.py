@@ -1,0 +1,164 @@
+"""Publishing and consuming through a real RabbitMQ node: confirms, decoding, prefetch, dead-lettering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aio_pika
+import pytest
+from acme.orders.v1 import events_pb2, orders_pb2
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from protomesh.events import (
+    CONTENT_TYPE,
+    Delivery,
+    EventHandlers,
+    Publisher,
+    PublishError,
+    Subscriber,
+    current_delivery,
+)
+from protomesh.testing import async_wait_until, free_port
+from protomesh.testing._rabbitmq import RabbitMQNode
+
+
+def _created(order_id: str) -> events_pb2.OrderCreated:
+    return events_pb2.OrderCreated(order=orders_pb2.Order(order_id=order_id, user_id="u-1", total_cents=1500))
+
+
+async def _take_all(channel: AbstractChannel, queue: str) -> list[AbstractIncomingMessage]:
+    """Every message now in `queue`, acked (they leave it)."""
+    declared = await channel.declare_queue(queue, passive=True)
+    taken = []
+    while (message := await declared.get(fail=False, timeout=5)) is not None:
+        await message.ack()
+        taken.append(message)
+    return taken
+
+
+async def test_a_published_event_is_confirmed_and_reaches_the_handler_decoded(
+    rabbitmq_node: RabbitMQNode, exchange: str
+) -> None:
+    received: list[tuple[events_pb2.OrderCreated, Delivery | None]] = []
+
+    async def on_created(event: events_pb2.OrderCreated) -> None:
+        received.append((event, current_delivery()))
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, on_created)
+    async with Subscriber(rabbitmq_node.url, group="g-basic", handlers=handlers, exchange=exchange) as subscriber:
+        await subscriber.wait_ready()
+        async with Publisher(rabbitmq_node.url, exchange=exchange, app_id="orders") as publisher:
+            event = _created("o-1")
+            await publisher.publish(event)
+        await async_wait_until(lambda: received, timeout=5, what="OrderCreated handled")
+    decoded, delivery = received[0]
+    assert decoded == event
+    assert event.event_id, "publish stamps an event id on the event it sends"
+    assert delivery == Delivery(event_id=event.event_id, event_type="acme.orders.v1.OrderCreated", attempt=1,
+                                redelivered=False, correlation_id=None)
+
+
+async def test_a_handler_failing_every_time_sends_its_event_to_the_dlq_and_later_events_still_flow(
+    rabbitmq_node: RabbitMQNode, exchange: str, amqp_channel: AbstractChannel
+) -> None:
+    attempts: list[int] = []
+    handled: list[str] = []
+
+    async def on_created(event: events_pb2.OrderCreated) -> None:
+        if event.order.order_id == "poison":
+            delivery = current_delivery()
+            assert delivery is not None
+            attempts.append(delivery.attempt)
+            raise RuntimeError("handler bug")
+        handled.append(event.order.order_id)
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, on_created)
+    async with Subscriber(rabbitmq_node.url, group="g-poison", handlers=handlers, exchange=exchange,
+                          delivery_limit=3, retry_delay_s=0.01) as subscriber:
+        await subscriber.wait_ready()
+        async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+            poison = _created("poison")
+            await publisher.publish(poison)
+            await publisher.publish(_created("good-1"))
+            await async_wait_until(lambda: len(attempts) == 3 and handled, timeout=10, what="poison retried")
+            await publisher.publish(_created("good-2"))
+            await async_wait_until(lambda: len(handled) == 2, timeout=5, what="a later event handled")
+    assert attempts == [1, 2, 3]
+    assert handled == ["good-1", "good-2"]
+    [dead] = await _take_all(amqp_channel, "g-poison.dlq")
+    assert dead.message_id == poison.event_id
+    assert dead.headers["x-first-death-reason"] == "delivery_limit"
+    assert await _take_all(amqp_channel, "g-poison") == []
+
+
+async def test_an_undecodable_body_or_unknown_type_goes_to_the_dlq_without_a_retry(
+    rabbitmq_node: RabbitMQNode, exchange: str, amqp_channel: AbstractChannel
+) -> None:
+    handled: list[str] = []
+
+    async def on_created(event: events_pb2.OrderCreated) -> None:
+        handled.append(event.order.order_id)
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, on_created)
+    async with Subscriber(rabbitmq_node.url, group="g-garbage", handlers=handlers, exchange=exchange) as subscriber:
+        await subscriber.wait_ready()
+        events = await amqp_channel.get_exchange(exchange)
+        routing_key = "acme.orders.v1.OrderCreated"
+        await events.publish(aio_pika.Message(b"\xff\xff\xff", type=routing_key, content_type=CONTENT_TYPE,
+                                              message_id="corrupt"), routing_key=routing_key)
+        await events.publish(aio_pika.Message(b"", type="acme.orders.v1.OrderShipped", message_id="unknown"),
+                             routing_key=routing_key)
+        async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+            await publisher.publish(_created("good"))
+        await async_wait_until(lambda: handled, timeout=5, what="the good event handled")
+        dead = []
+        await async_wait_until(lambda: _collect(dead, amqp_channel, "g-garbage.dlq", 2), timeout=5,
+                               what="two dead letters")
+    assert handled == ["good"]
+    assert sorted(str(m.message_id) for m in dead) == ["corrupt", "unknown"]
+    assert {m.headers["x-first-death-reason"] for m in dead} == {"rejected"}
+
+
+async def _collect(into: list[AbstractIncomingMessage], channel: AbstractChannel, queue: str, count: int) -> bool:
+    into.extend(await _take_all(channel, queue))
+    return len(into) >= count
+
+
+async def test_prefetch_bounds_how_many_handlers_run_at_once(rabbitmq_node: RabbitMQNode, exchange: str) -> None:
+    running = peak = done = 0
+
+    async def slow(event: events_pb2.OrderCreated) -> None:
+        nonlocal running, peak, done
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.1)
+        running -= 1
+        done += 1
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, slow)
+    async with Subscriber(rabbitmq_node.url, group="g-prefetch", handlers=handlers, exchange=exchange,
+                          prefetch=2) as subscriber:
+        await subscriber.wait_ready()
+        async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+            await asyncio.gather(*(publisher.publish(_created(f"o-{n}")) for n in range(8)))
+        await async_wait_until(lambda: done == 8, timeout=10, what="8 events handled")
+    assert peak == 2
+
+
+async def test_an_event_no_group_subscribes_to_is_confirmed_and_dropped_with_a_warning(
+    rabbitmq_node: RabbitMQNode, exchange: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+        with caplog.at_level(logging.WARNING, logger="protomesh.events"):
+            await publisher.publish(_created("nobody-listens"))
+    assert "no queue is bound" in caplog.text
+
+
+async def test_publishing_while_the_broker_is_unreachable_fails_fast_with_a_clear_error() -> None:
+    began = time.monotonic()
+    async with Publisher(f"amqp://guest:guest@127.0.0.1:{free_port()}/") as publisher:
+        with pytest.raises(PublishError, match=r"event broker is unavailable for acme\.orders\.v1\.OrderCreated"):
+            await publisher.publish(_created("o-1"))
+    assert time.monotonic() - began < 5

@@ -1,0 +1,111 @@
+"""Event envelopes, handler registry and backoff: what every message carries, without a broker."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+
+import aio_pika
+import pytest
+from acme.orders.v1 import events_pb2, orders_pb2
+
+from protomesh import _context
+from protomesh.events import (
+    CONTENT_TYPE,
+    Backoff,
+    EventHandlers,
+    UndeliverableEvent,
+    decode_event,
+    event_id_of,
+    event_type,
+    stamp_event,
+)
+from protomesh.events._envelope import to_amqp_message
+
+
+def _created() -> events_pb2.OrderCreated:
+    return events_pb2.OrderCreated(order=orders_pb2.Order(order_id="o-1", user_id="u-1", total_cents=1500))
+
+
+async def _ignore(event: events_pb2.OrderCreated) -> None:
+    return None
+
+
+def test_stamping_gives_an_event_a_uuid4_id_and_the_current_time() -> None:
+    before = datetime.datetime.now(datetime.UTC)
+    event = stamp_event(_created())
+    assert uuid.UUID(event.event_id).version == 4
+    assert event.event_time.ToDatetime(tzinfo=datetime.UTC) >= before.replace(microsecond=0)
+
+
+def test_stamping_keeps_an_id_and_time_already_set_so_retries_carry_the_same_id() -> None:
+    event = _created()
+    event.event_id = "evt-1"
+    event.event_time.FromSeconds(1_700_000_000)
+    stamp_event(event)
+    assert (event.event_id, event.event_time.seconds) == ("evt-1", 1_700_000_000)
+
+
+def test_stamping_a_message_without_event_fields_changes_nothing() -> None:
+    order = orders_pb2.Order(order_id="o-1")
+    assert stamp_event(order) == orders_pb2.Order(order_id="o-1")
+    assert event_id_of(order) == ""
+
+
+def test_the_amqp_message_carries_id_type_time_and_persistence() -> None:
+    event = _created()
+    event.event_time.FromSeconds(1_700_000_000)
+    message = to_amqp_message(event, app_id="orders")
+    assert message.message_id == event.event_id != ""
+    assert message.type == event_type(event) == "acme.orders.v1.OrderCreated"
+    assert message.content_type == CONTENT_TYPE
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.timestamp == datetime.datetime.fromtimestamp(1_700_000_000, datetime.UTC)
+    assert message.app_id == "orders"
+    assert events_pb2.OrderCreated.FromString(message.body) == event
+
+
+def test_the_amqp_message_carries_the_correlation_id_of_the_call_being_served() -> None:
+    tokens = _context.bind_call("cid-42", None)
+    try:
+        assert to_amqp_message(_created()).correlation_id == "cid-42"
+    finally:
+        _context.reset_call(tokens)
+
+
+def test_the_registry_decodes_a_known_type_for_its_handler() -> None:
+    handlers = EventHandlers().add(events_pb2.OrderCreated, _ignore)
+    event, handler = handlers.resolve("acme.orders.v1.OrderCreated", _created().SerializeToString())
+    assert (event, handler) == (_created(), _ignore)
+    assert handlers.event_types == ("acme.orders.v1.OrderCreated",)
+
+
+def test_an_unknown_type_or_a_corrupt_body_is_undeliverable() -> None:
+    handlers = EventHandlers().add(events_pb2.OrderCreated, _ignore)
+    with pytest.raises(UndeliverableEvent, match="no handler"):
+        handlers.resolve("acme.orders.v1.OrderShipped", b"")
+    with pytest.raises(UndeliverableEvent, match="not a valid"):
+        handlers.resolve("acme.orders.v1.OrderCreated", b"\xff\xff\xff")
+
+
+def test_a_type_cannot_have_two_handlers_in_one_group() -> None:
+    handlers = EventHandlers().add(events_pb2.OrderCreated, _ignore)
+    with pytest.raises(ValueError, match="registered already"):
+        handlers.on(events_pb2.OrderCreated)(_ignore)
+
+
+def test_a_stored_event_decodes_by_its_full_name() -> None:
+    event = stamp_event(events_pb2.OrderCancelled(reason="changed my mind"))
+    assert decode_event("acme.orders.v1.OrderCancelled", event.SerializeToString()) == event
+    with pytest.raises(ValueError, match="unknown"):
+        decode_event("acme.nothing.v1.Nope", b"")
+
+
+def test_backoff_doubles_with_jitter_up_to_its_cap_and_starts_over_after_reset() -> None:
+    backoff = Backoff(initial_s=0.1, max_s=1.0)
+    delays = [backoff.next_delay() for _ in range(8)]
+    assert 0.05 <= delays[0] <= 0.1
+    assert 0.1 <= delays[1] <= 0.2
+    assert all(0.5 <= delay <= 1.0 for delay in delays[4:])
+    backoff.reset()
+    assert backoff.next_delay() <= 0.1
