@@ -35,6 +35,29 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def _config_seed(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from protomesh._config import default_config_dir, seed_config
+    from protomesh._consul import ConsulClient
+    from protomesh._settings import ConfigError, ConsulSettings
+
+    async def seed() -> int:
+        settings = ConsulSettings(address=args.consul or os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+                                  token=os.environ.get("CONSUL_HTTP_TOKEN", ""))
+        config_dir = Path(args.config_dir) if args.config_dir else default_config_dir()
+        async with ConsulClient.from_settings(settings) as consul:
+            return await seed_config(consul, config_dir, args.services or None, env=args.env)
+
+    try:
+        count = asyncio.run(seed())
+    except (ConfigError, OSError, TimeoutError) as exc:
+        print(f"protomesh config seed: {exc}", file=sys.stderr)
+        return 1
+    print(f"==> seeded {count} keys into Consul KV under protomesh/config/")
+    return 0
+
+
 def _plan() -> MeshPlan:
     from protomesh._mesh.topology import MeshPlan
     from protomesh._process import project_root
@@ -94,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("service", nargs="?", default="", help="full service name (default: the whole server)")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default: 2)")
     probe.set_defaults(func=_probe)
+
+    config = commands.add_parser("config", help="service configuration in Consul KV")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    seed = config_commands.add_parser(
+        "seed", help="write config/<service>.yaml (+ the environment overlay) into Consul KV"
+    )
+    seed.add_argument("services", nargs="*", help="only these services (default: every config/*.yaml)")
+    seed.add_argument("--config-dir", help="folder of the YAML files (default: the checkout's config/)")
+    seed.add_argument("--consul", help="Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+    seed.add_argument("--env", help="environment overlay to merge (default: PROTOMESH_ENV or local)")
+    seed.set_defaults(func=_config_seed)
 
     up = commands.add_parser("up", help="run the whole local mesh (foreground; Ctrl-C stops it)",
                              epilog=MESH_ENV_HELP)

@@ -87,11 +87,8 @@ def seed(plan: MeshPlan) -> Component:
     from protomesh._settings import ConsulSettings
 
     async def seeded() -> bool:
-        client = ConsulClient.from_settings(ConsulSettings(address=plan.consul_address))
-        try:
+        async with ConsulClient.from_settings(ConsulSettings(address=plan.consul_address)) as client:
             await seed_config(client, plan.root / "config")
-        finally:
-            await client.close()
         return True
 
     return Component("config", None, seeded, url=f"Consul KV protomesh/config/ (from {plan.root / 'config'})")
