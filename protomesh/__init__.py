@@ -1,5 +1,51 @@
-"""protomesh: the runtime every service is written with (serve, register, configure, discover)."""
+"""protomesh: the runtime every service is written with (serve, register, configure, discover).
+
+    import protomesh
+
+    def main() -> None:
+        protomesh.run("users", UsersSettings, build)
+
+    async def build(ctx: protomesh.Context[UsersSettings]) -> list[protomesh.Binding]:
+        repo = await ctx.enter(SqliteUserRepository.open(ctx.settings.database_path))
+        return [protomesh.Binding(users_service_pb2.DESCRIPTOR.services_by_name["UserService"],
+                                  UserHandlers(Users(repo)),
+                                  users_service_pb2_grpc.add_UserServiceServicer_to_server)]
+
+Events live in `protomesh.events`, domain errors in `protomesh.errors`, test helpers in `protomesh.testing`.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from protomesh._app import Context, RunningService, run, serve
+from protomesh._config import ConfigStore, load_settings, seed_config
+from protomesh._consul import ConsulClient, ServiceInstance
+from protomesh._context import correlation_id, time_remaining
+from protomesh._discovery import DiscoveryChannel
+from protomesh._interceptors import ProtomeshInterceptor, default_interceptors
+from protomesh._registry import Registration
+from protomesh._server import Binding, Server
+from protomesh._settings import ConfigError, ConsulSettings, ServerSettings, ServiceSettings
+
+__all__ = [
+    "Binding",
+    "ConfigError",
+    "ConfigStore",
+    "ConsulClient",
+    "ConsulSettings",
+    "Context",
+    "DiscoveryChannel",
+    "ProtomeshInterceptor",
+    "Registration",
+    "RunningService",
+    "Server",
+    "ServerSettings",
+    "ServiceInstance",
+    "ServiceSettings",
+    "correlation_id",
+    "default_interceptors",
+    "load_settings",
+    "run",
+    "seed_config",
+    "serve",
+    "time_remaining",
+]

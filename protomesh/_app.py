@@ -1,0 +1,235 @@
+"""The composition root of a service: settings, Consul, servicers, server and registration, stopped in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Generic, TypeVar
+
+from protomesh._config import ConfigStore, load_settings
+from protomesh._consul import ConsulClient
+from protomesh._discovery import DiscoveryChannel
+from protomesh._registry import Registration
+from protomesh._server import Binding, Server
+from protomesh._settings import ConfigError, S
+
+T = TypeVar("T")
+
+_LOG = logging.getLogger("protomesh.app")
+
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s"
+LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# Registering a wildcard bind address would send every client to itself.
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+# Exit status for invalid settings, distinct from a crash (1): restarting will not help, fixing the config will.
+EXIT_CONFIG_ERROR = 2
+
+Build = Callable[["Context[S]"], Awaitable[Sequence[Binding]]]
+
+
+class Context(Generic[S]):
+    """What a service's build() gets: settings, config, Consul, and a place to park resources.
+
+        async def build(ctx: Context[UsersSettings]) -> list[Binding]:
+            repo = await ctx.enter(SqliteUserRepository.open(ctx.settings.database_path))
+            users = await ctx.channel("users")      # discovery channel, closed at shutdown
+    """
+
+    def __init__(self, service: str, config: ConfigStore[S], consul: ConsulClient, stack: AsyncExitStack) -> None:
+        self.service = service
+        self.config = config
+        self.consul = consul
+        self._stack = stack
+        self._channels: dict[str, DiscoveryChannel] = {}
+        self._channels_lock = asyncio.Lock()
+
+    @property
+    def settings(self) -> S:
+        """The current settings (they follow Consul KV changes)."""
+        return self.config.current
+
+    async def enter(self, cm: AbstractAsyncContextManager[T]) -> T:
+        """Enter cm now; it exits at shutdown, after the server stopped, in reverse order of entering."""
+        return await self._stack.enter_async_context(cm)
+
+    async def channel(self, service: str) -> DiscoveryChannel:
+        """A discovery channel to `service` (one per service, shared, closed at shutdown)."""
+        async with self._channels_lock:
+            if service not in self._channels:
+                channel = await DiscoveryChannel.open(self.consul, service)
+                self._stack.push_async_callback(channel.close)
+                self._channels[service] = channel
+            return self._channels[service]
+
+
+class RunningService(Generic[S]):
+    """A started service (what serve() returns): its bound port, Consul instance id and ordered stop().
+
+        service = await serve("users", UsersSettings, build)
+        async with service:                      # or: try/finally await service.stop()
+            ... service.port ...
+    """
+
+    def __init__(self, context: Context[S], server: Server, registration: Registration,
+                 stack: AsyncExitStack) -> None:
+        self.context = context
+        self.server = server
+        self.registration = registration
+        self._stack = stack
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def instance_id(self) -> str:
+        return self.registration.instance_id
+
+    async def stop(self) -> None:
+        """NOT_SERVING -> deregister -> drain_s -> server.stop(grace_s) -> build() resources -> config -> Consul."""
+        await self._stack.aclose()
+
+    async def __aenter__(self) -> RunningService[S]:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+
+async def serve(service: str, settings_type: type[S], build: Build[S], *,
+                env: Mapping[str, str] | None = None, config_dir: Path | None = None) -> RunningService[S]:
+    """Start a service in the running loop and return it; `await running.stop()` shuts it down in order.
+
+    This is run() without logging setup and signal handling, for tests and embedding:
+
+        running = await serve("users", UsersSettings, build, env={"CONSUL_HTTP_ADDR": consul.address})
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        ...
+        await running.stop()
+
+    env and config_dir replace os.environ and the config folder for the settings layers (see load_settings).
+    """
+    stack = AsyncExitStack()
+    try:
+        return await _start(stack, service, settings_type, build, env=env, config_dir=config_dir)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], build: Build[S], *,
+                 env: Mapping[str, str] | None, config_dir: Path | None) -> RunningService[S]:
+    # The exit stack unwinds in reverse order of the pushes below, which makes the shutdown order:
+    # NOT_SERVING -> deregister -> drain -> server.stop -> build() resources -> config watch -> Consul.
+    static = await asyncio.to_thread(load_settings, settings_type, service, env=env, config_dir=config_dir)
+    consul = ConsulClient.from_settings(static.consul)
+    stack.push_async_callback(consul.close)
+    config = await ConfigStore.open(settings_type, service, consul, env=env, config_dir=config_dir)
+    stack.push_async_callback(config.close)
+    address = _advertised_host(config.current)
+    context = Context(service, config, consul, stack)
+    bindings = await build(context)
+    server = Server(config.current.server, bindings)
+    stack.push_async_callback(lambda: server.stop(config.current.server.grace_s))
+    await server.start()
+    registration = Registration(consul, service=service, address=address, port=server.port,
+                                grpc_services=server.service_names, version=config.current.server.version,
+                                tags=config.current.server.tags)
+    stack.push_async_callback(lambda: asyncio.sleep(config.current.server.drain_s))
+    stack.push_async_callback(registration.deregister)
+    stack.push_async_callback(server.set_not_serving)
+    await registration.start()
+    return RunningService(context, server, registration, stack)
+
+
+def _advertised_host(settings: S) -> str:
+    host = settings.server.advertise_host or settings.server.host
+    if host in _WILDCARD_HOSTS:
+        raise ConfigError(f"server.advertise_host: required when server.host is {settings.server.host!r} "
+                          "(the address other services and Consul's health check should dial)")
+    return host
+
+
+def run(service: str, settings_type: type[S], build: Build[S]) -> None:
+    """A service's whole main(): logging, serve(), then an ordered shutdown on SIGTERM/SIGINT (exit 0).
+
+        def main() -> None:
+            protomesh.run("users", UsersSettings, build)
+
+    Invalid settings exit with status 2 and one log line naming the key; a crash at startup with 1.
+    """
+    configure_logging("INFO")
+    try:
+        # Static layers only, to set the log level before anything else logs; serve() loads again with KV.
+        configure_logging(load_settings(settings_type, service).log_level)
+        asyncio.run(_serve_until_signalled(service, settings_type, build))
+    except ConfigError as exc:
+        _LOG.error("invalid settings for %s: %s", service, exc)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    except Exception:
+        _LOG.exception("%s failed", service)
+        raise SystemExit(1) from None
+
+
+async def _serve_until_signalled(service: str, settings_type: type[S], build: Build[S]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, signum, stop)
+    running = await serve(service, settings_type, build)
+    running.context.config.subscribe(lambda settings: _apply_log_level(settings.log_level))
+    _LOG.info("%s ready on port %d (instance %s)", service, running.port, running.instance_id)
+    await stop.wait()
+    _LOG.info("%s shutting down", service)
+    await running.stop()
+    _LOG.info("%s stopped", service)
+
+
+def _on_signal(signum: int, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        _LOG.warning("%s again during shutdown: exiting now", signal.Signals(signum).name)
+        raise SystemExit(1)
+    _LOG.info("%s received: graceful shutdown", signal.Signals(signum).name)
+    stop.set()
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Keeps every record on one line (tracebacks included) so log shippers never split a record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.replace("\n", "\\n") if "\n" in text else text
+
+
+def configure_logging(level: str) -> None:
+    """Root logging to stderr, one line per record: time, level, logger, message. Called by run() only."""
+    numeric = _log_level(level)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+def _log_level(level: str) -> int:
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ConfigError(f"log_level: expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
+    return numeric
+
+
+def _apply_log_level(level: str) -> None:
+    """Follow log_level changes from Consul KV (a bad value is logged and ignored)."""
+    try:
+        logging.getLogger().setLevel(_log_level(level))
+    except ConfigError as exc:
+        _LOG.error("keeping the current log level: %s", exc)
