@@ -15,10 +15,13 @@ from protomesh._process import (
     project_root,
     wait_until,
 )
+from protomesh.testing._envoy import TEST_ROUTE_TIMEOUT_S, EnvoyGateway
 
 __all__ = [
     "DEFAULT_READY_TIMEOUT_S",
+    "TEST_ROUTE_TIMEOUT_S",
     "ConsulAgent",
+    "EnvoyGateway",
     "ManagedProcess",
     "MissingComponentError",
     "RabbitMQNode",

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from protomesh.testing._process import ManagedProcess, find_binary, free_port, port_open, project_root, wait_until
+from protomesh._process import ManagedProcess, find_binary, free_port, port_open, project_root, wait_until
 
 # Tests use a short route timeout so that the 504 case (and a frozen instance) costs one second, not 15.
 TEST_ROUTE_TIMEOUT_S = 1.0
@@ -68,10 +68,10 @@ class EnvoyGateway:
         self.start_control_plane()
 
     def _render_bootstrap(self) -> None:
-        from gateway_envoy.bootstrap import render  # the gateway package is optional for other test suites
+        from gateway_envoy.bootstrap import render_bootstrap  # the gateway package is optional for other suites
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(render(admin_port=self.admin_port, xds_address=f"127.0.0.1:{self.xds_port}"))
+        self.bootstrap_path.write_text(render_bootstrap(admin_port=self.admin_port, xds_port=self.xds_port))
 
     def _control_plane_ready(self) -> bool:
         self.control_plane.ensure_alive()

@@ -1,0 +1,140 @@
+"""A thin state-of-the-world ADS server: pushes the current snapshot, tracks nonces, ACKs and NACKs per stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from gateway_envoy.snapshot import PUSH_ORDER, Snapshot
+
+log = logging.getLogger("gateway_envoy.ads")
+
+AckCallback = Callable[[str, str], None]          # (type_url, version)
+NackCallback = Callable[[str, str, str], None]    # (type_url, version, Envoy's error message)
+
+
+@dataclass
+class _TypeState:
+    """What one stream was sent for one resource type, and what it asked for."""
+
+    names: frozenset[str] = frozenset()   # empty = wildcard (CDS, LDS)
+    sent_version: str | None = None
+    nonce: str = ""
+    force: bool = True                    # a new subscription must be answered even if nothing changed
+
+
+@dataclass(eq=False)  # identity: one per open stream
+class _Stream:
+    peer: str
+    types: dict[str, _TypeState] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """Serves one Snapshot to every connected Envoy; publish() pushes a new one to all streams.
+
+    Nothing is sent before the first snapshot, so a restarted control plane never answers with an
+    empty configuration. A NACK is logged with Envoy's message, counted, and reported to on_nack; the
+    same version is never re-sent on that stream (Envoy keeps its last accepted config meanwhile).
+    """
+
+    def __init__(self, *, on_ack: AckCallback | None = None, on_nack: NackCallback | None = None) -> None:
+        self._snapshot: Snapshot | None = None
+        self._streams: set[_Stream] = set()
+        self._nonces = itertools.count(1)
+        self._on_ack = on_ack
+        self._on_nack = on_nack
+        self.nacks_total = 0
+        self.acked: dict[str, str] = {}        # type_url -> last version any Envoy accepted
+        self.last_nack: dict[str, str] = {}    # type_url -> Envoy's message for the last rejection
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        for stream in self._streams:
+            stream.wakeup.set()
+
+    async def StreamAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
+    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        stream = _Stream(peer=context.peer())
+        self._streams.add(stream)
+        reader = asyncio.create_task(self._read(request_iterator, stream))
+        log.info("ADS stream opened by %s", stream.peer)
+        try:
+            while not reader.done():
+                await stream.wakeup.wait()
+                stream.wakeup.clear()
+                for response in self._due(stream):
+                    yield response
+        finally:
+            self._streams.discard(stream)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await reader
+            log.info("ADS stream from %s closed", stream.peer)
+
+    async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], stream: _Stream) -> None:
+        try:
+            async for request in requests:
+                self._on_request(stream, request)
+        finally:
+            stream.wakeup.set()  # lets the writer loop see that the stream ended
+
+    def _on_request(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest) -> None:
+        state = stream.types.setdefault(request.type_url, _TypeState())
+        if request.response_nonce and request.response_nonce != state.nonce:
+            log.debug("stale %s request (nonce %s, current %s) ignored", request.type_url,
+                      request.response_nonce, state.nonce)
+            return
+        if request.response_nonce:
+            self._ack_or_nack(stream, request, state)
+        names = frozenset(request.resource_names)
+        if not request.response_nonce or names != state.names:
+            state.names, state.force = names, True
+            stream.wakeup.set()
+
+    def _ack_or_nack(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest, state: _TypeState) -> None:
+        version = state.sent_version or ""
+        if request.HasField("error_detail"):
+            self.nacks_total += 1
+            message = request.error_detail.message
+            self.last_nack[request.type_url] = message
+            log.error("NACK from %s for %s version %s (nacks_total=%d): %s", stream.peer,
+                      request.type_url.rsplit(".", 1)[-1], version, self.nacks_total, message)
+            if self._on_nack:
+                self._on_nack(request.type_url, version, message)
+            return
+        self.acked[request.type_url] = request.version_info
+        log.debug("ACK from %s for %s version %s", stream.peer, request.type_url, request.version_info)
+        if self._on_ack:
+            self._on_ack(request.type_url, request.version_info)
+
+    def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+        """Responses for every subscribed type whose snapshot version differs from what was sent."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return []
+        responses = []
+        for type_url in PUSH_ORDER:
+            state = stream.types.get(type_url)
+            version = snapshot.versions[type_url]
+            if state is None or (not state.force and state.sent_version == version):
+                continue
+            resources = snapshot.resources[type_url]
+            wanted = [res for name, res in resources.items() if not state.names or name in state.names]
+            state.nonce, state.sent_version, state.force = str(next(self._nonces)), version, False
+            responses.append(discovery_pb2.DiscoveryResponse(
+                version_info=version, type_url=type_url, nonce=state.nonce, resources=wanted))
+        return responses

@@ -1,0 +1,82 @@
+"""Renders Envoy's bootstrap: only the xDS cluster and ADS; `python -m gateway_envoy.bootstrap > envoy.yaml`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+
+from gateway_envoy.clusters import http2_protocol_options
+from gateway_envoy.options import DEFAULT_XDS_PORT
+
+# Documented local defaults (ARCHITECTURE.md): the admin API only on loopback, the control plane beside Envoy.
+DEFAULT_ADMIN_HOST = "127.0.0.1"
+DEFAULT_ADMIN_PORT = 9901
+DEFAULT_XDS_HOST = "127.0.0.1"
+# docker-compose: Envoy's admin must be reachable from the host, the control plane is another container.
+COMPOSE_ADMIN_HOST = "0.0.0.0"
+COMPOSE_XDS_HOST = "controlplane"
+# Envoy's identity in the control plane's logs; one gateway per mesh needs no more.
+DEFAULT_NODE_ID = "protomesh-gateway"
+DEFAULT_NODE_CLUSTER = "protomesh"
+XDS_CLUSTER = "xds"
+# The control plane runs next to Envoy; a connect slower than this means it is down, and Envoy retries.
+XDS_CONNECT_TIMEOUT = "1s"
+
+
+def _ads_source() -> dict[str, Any]:
+    return {"ads": {}, "resource_api_version": "V3"}
+
+
+def build_bootstrap(*, admin_port: int = DEFAULT_ADMIN_PORT, admin_host: str = DEFAULT_ADMIN_HOST,
+                    xds_host: str = DEFAULT_XDS_HOST, xds_port: int = DEFAULT_XDS_PORT,
+                    node_id: str = DEFAULT_NODE_ID, node_cluster: str = DEFAULT_NODE_CLUSTER) -> dict[str, Any]:
+    """The bootstrap as a dict: everything except the xDS cluster comes over ADS from the control plane."""
+    protocol = {key: json.loads(json_format.MessageToJson(value, preserving_proto_field_name=True))
+                for key, value in http2_protocol_options().items()}
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]},
+            "cds_config": _ads_source(),
+            "lds_config": _ads_source(),
+        },
+        "static_resources": {"clusters": [{
+            "name": XDS_CLUSTER,
+            # STRICT_DNS takes an IP as well as a host name (the control plane's container in compose).
+            "type": "STRICT_DNS",
+            "connect_timeout": XDS_CONNECT_TIMEOUT,
+            "typed_extension_protocol_options": protocol,
+            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}]}]},
+        }]},
+    }
+
+
+def render_bootstrap(**kwargs: Any) -> str:
+    """build_bootstrap() as YAML, e.g. render_bootstrap(admin_port=9901, xds_port=18000)."""
+    header = "# Envoy bootstrap for the protomesh gateway, rendered by `python -m gateway_envoy.bootstrap`.\n"
+    return header + yaml.safe_dump(build_bootstrap(**kwargs), sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway_envoy.bootstrap", description=__doc__)
+    parser.add_argument("--admin-port", type=int, default=DEFAULT_ADMIN_PORT)
+    parser.add_argument("--admin-host", default=DEFAULT_ADMIN_HOST)
+    parser.add_argument("--xds-host", default=DEFAULT_XDS_HOST, help="control plane host (IP or DNS name)")
+    parser.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT, help="control plane xDS port")
+    parser.add_argument("--node-id", default=DEFAULT_NODE_ID)
+    args = parser.parse_args(argv)
+    sys.stdout.write(render_bootstrap(admin_port=args.admin_port, admin_host=args.admin_host, xds_host=args.xds_host,
+                                      xds_port=args.xds_port, node_id=args.node_id))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The control plane process: Consul + descriptor watches in, xDS (ADS) out; `python -m gateway_envoy.controlplane`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from gateway_envoy.ads import AdsServer
+from gateway_envoy.consul_watch import CatalogWatcher
+from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
+from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
+from gateway_envoy.state import ControlPlane
+from protomesh._consul import ConsulClient
+from protomesh._settings import ConsulSettings
+
+log = logging.getLogger("gateway_envoy.controlplane")
+
+# Where `make protos` writes the descriptor set, relative to the checkout (the mesh runner's cwd).
+DEFAULT_DESCRIPTOR = Path("gen/descriptors/protomesh.binpb")
+# Envoy pings its xDS connection (bootstrap keepalive); gRPC's default policy would answer frequent pings
+# with GOAWAY "too_many_pings" and drop the ADS stream.
+XDS_SERVER_OPTIONS = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_ping_strikes", 0),
+)
+# On SIGTERM, open ADS streams get this long to end; Envoy keeps its config and reconnects elsewhere.
+STOP_GRACE_S = 1.0
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host or DEFAULT_LISTEN_HOST, int(port)
+
+
+def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m gateway_envoy.controlplane", description=__doc__)
+    parser.add_argument("--consul", default=env.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+                        help="Consul HTTP address (default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
+    parser.add_argument("--xds-host", default=env.get("PROTOMESH_XDS_HOST", "127.0.0.1"),
+                        help="address the xDS server binds (default: $PROTOMESH_XDS_HOST or 127.0.0.1)")
+    parser.add_argument("--xds-port", type=int, default=int(env.get("PROTOMESH_XDS_PORT", DEFAULT_XDS_PORT)),
+                        help="xDS (ADS) gRPC port (default: $PROTOMESH_XDS_PORT or 18000)")
+    listen = (f"{env.get('PROTOMESH_GATEWAY_HOST', DEFAULT_LISTEN_HOST)}:"
+              f"{env.get('PROTOMESH_GATEWAY_PORT', DEFAULT_LISTEN_PORT)}")
+    parser.add_argument("--listen", default=listen, help="host:port of the gateway listener Envoy opens "
+                        "(REST + gRPC; default: $PROTOMESH_GATEWAY_HOST:$PROTOMESH_GATEWAY_PORT or 127.0.0.1:8080)")
+    parser.add_argument("--descriptor", type=Path, default=DEFAULT_DESCRIPTOR,
+                        help="descriptor set written by `make protos`; watched for changes")
+    parser.add_argument("--route-timeout", type=float, default=GatewayOptions.route_timeout_s,
+                        help="seconds before a call through the gateway fails with 504 / DEADLINE_EXCEEDED")
+    parser.add_argument("--max-request-bytes", type=int, default=GatewayOptions.max_request_bytes,
+                        help="largest REST request body; larger ones get 413")
+    parser.add_argument("--status-port", type=int, default=0,
+                        help="serve GET /status (JSON) on 127.0.0.1:PORT; 0 = off")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> GatewayOptions:
+    host, port = _host_port(args.listen)
+    return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
+                          max_request_bytes=args.max_request_bytes)
+
+
+async def wait_for_descriptor(path: Path) -> Descriptor:
+    """The descriptor set, once it is readable: the gateway has nothing to serve before `make protos`."""
+    warned = False
+    while True:
+        try:
+            return await asyncio.to_thread(read_descriptor, path)
+        except DescriptorError as exc:
+            if not warned:
+                log.warning("waiting for the descriptor set (run `make protos`): %s", exc)
+                warned = True
+            await asyncio.sleep(DEFAULT_POLL_S)
+
+
+async def start_status_server(port: int, status: Callable[[], dict[str, object]]) -> asyncio.Server:
+    """A minimal HTTP endpoint: any GET answers the control plane's status as JSON."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            body = json.dumps(status()).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", port)
+
+
+async def start_xds_server(args: argparse.Namespace, ads: AdsServer,
+                           health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
+    """ADS plus grpc.health ("" turns SERVING with the first snapshot: the container healthcheck waits for it)."""
+    server = grpc.aio.server(options=XDS_SERVER_OPTIONS)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.add_insecure_port(f"{args.xds_host}:{args.xds_port}")
+    await server.start()
+    log.info("xDS (ADS) listening on %s:%d", args.xds_host, args.xds_port)
+    return server
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run until SIGTERM/SIGINT: first snapshot only after Consul and the descriptor were read."""
+    descriptor = await wait_for_descriptor(args.descriptor)
+    consul = ConsulClient.from_settings(ConsulSettings(address=args.consul,
+                                                       token=os.environ.get("CONSUL_HTTP_TOKEN", "")))
+    plane = ControlPlane(options_from(args), descriptor)
+    watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
+    health_servicer = health.aio.HealthServicer()
+    server = await start_xds_server(args, plane.ads, health_servicer)
+    status = await start_status_server(args.status_port, plane.status) if args.status_port else None
+    tasks = [asyncio.create_task(watcher.run(), name="consul-watch")]
+    try:
+        await _wait_ready(watcher)
+        plane.set_catalog(watcher.services)
+        plane.rebuild()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        tasks += [asyncio.create_task(plane.run_coalescer(), name="coalescer"),
+                  asyncio.create_task(watch_descriptor(args.descriptor, plane.set_descriptor, current=descriptor))]
+        await _until_signalled()
+    finally:
+        log.info("control plane stopping")
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.stop(STOP_GRACE_S)
+        if status is not None:
+            status.close()
+        await consul.close()
+
+
+async def _wait_ready(watcher: CatalogWatcher) -> None:
+    log.info("reading Consul before serving any configuration")
+    await watcher.ready.wait()
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

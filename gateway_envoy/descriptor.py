@@ -1,0 +1,81 @@
+"""Reads the descriptor set from `make protos`: which gRPC services it holds, and a watch for rewrites."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger("gateway_envoy.descriptor")
+
+# `make protos` replaces the file atomically; polling twice a second keeps a rollout well under a second
+# without inotify (not portable) and costs one stat() per poll.
+DEFAULT_POLL_S = 0.5
+
+
+class DescriptorError(ValueError):
+    """The file is not a descriptor set (unreadable or not a FileDescriptorSet)."""
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """The descriptor set's bytes, the full names of its services and a short content hash."""
+
+    data: bytes
+    services: tuple[str, ...]
+    digest: str
+
+
+def parse_descriptor(data: bytes) -> Descriptor:
+    """Parse a FileDescriptorSet; services are "<package>.<Service>" names, sorted."""
+    files = descriptor_pb2.FileDescriptorSet()
+    try:
+        files.ParseFromString(data)
+    except DecodeError as exc:
+        raise DescriptorError(f"not a descriptor set: {exc}") from exc
+    if not files.file:
+        raise DescriptorError("descriptor set holds no files")
+    services = sorted(
+        f"{proto.package}.{service.name}" if proto.package else service.name
+        for proto in files.file
+        for service in proto.service
+    )
+    return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16])
+
+
+def read_descriptor(path: Path) -> Descriptor:
+    try:
+        return parse_descriptor(path.read_bytes())
+    except OSError as exc:
+        raise DescriptorError(f"cannot read {path}: {exc}") from exc
+
+
+async def watch_descriptor(path: Path, on_change: Callable[[Descriptor], Awaitable[None]], *,
+                           current: Descriptor | None, poll_s: float = DEFAULT_POLL_S) -> None:
+    """Poll path (stat, then hash on change) until cancelled; on_change gets each new valid descriptor."""
+    last_stat: tuple[int, int] | None = None
+    digest = current.digest if current else ""
+    while True:
+        await asyncio.sleep(poll_s)
+        try:
+            stat = await asyncio.to_thread(path.stat)
+        except OSError:
+            continue  # between unlink and rename, or not generated yet: look again next poll
+        if (stat.st_mtime_ns, stat.st_size) == last_stat:
+            continue
+        last_stat = (stat.st_mtime_ns, stat.st_size)
+        try:
+            descriptor = await asyncio.to_thread(read_descriptor, path)
+        except DescriptorError as exc:
+            log.error("ignoring %s: %s", path, exc)
+            continue
+        if descriptor.digest != digest:
+            digest = descriptor.digest
+            log.info("descriptor %s changed (%s): %d services", path, digest, len(descriptor.services))
+            await on_change(descriptor)

@@ -1,0 +1,89 @@
+"""Pure builder for the gateway listener: one HCM (codec AUTO) with REST marking, transcoding and routing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+
+from envoy.config.core.v3 import address_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
+
+from gateway_envoy.clusters import ads_source
+from gateway_envoy.errors import build_local_reply_config
+from gateway_envoy.options import GatewayOptions
+from gateway_envoy.routes import ROUTE_CONFIG_NAME
+
+LISTENER_NAME = "gateway"
+# Response JSON style (documented in the README): proto3 JSON mapping with lowerCamelCase names, and
+# fields at their default value printed too, so clients see `"nextPageToken": ""` rather than nothing.
+PRINT_OPTIONS = transcoder_pb2.GrpcJsonTranscoder.PrintOptions(
+    always_print_primitive_fields=True, preserve_proto_field_names=False, add_whitespace=False)
+
+
+def _typed(message: Message) -> AnyProto:
+    packed = AnyProto()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+def rest_filter_source() -> str:
+    return resources.files("gateway_envoy").joinpath("rest_filter.lua").read_text()
+
+
+def build_transcoder(descriptor: bytes, services: Sequence[str], options: GatewayOptions,
+                     ) -> transcoder_pb2.GrpcJsonTranscoder:
+    """Transcoder for every given service; unknown methods and query parameters are rejected (JSON 404/400)."""
+    return transcoder_pb2.GrpcJsonTranscoder(
+        proto_descriptor_bin=descriptor,
+        services=list(services),
+        print_options=PRINT_OPTIONS,
+        convert_grpc_status=True,
+        request_validation_options=transcoder_pb2.GrpcJsonTranscoder.RequestValidationOptions(
+            reject_unknown_method=True, reject_unknown_query_parameters=True),
+        max_request_body_size=UInt32Value(value=options.max_request_bytes),
+        max_response_body_size=UInt32Value(value=options.max_response_bytes),
+    )
+
+
+def build_connection_manager(transcoder: transcoder_pb2.GrpcJsonTranscoder) -> hcm.HttpConnectionManager:
+    """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
+    and REST responses as returned (after the transcoder turned them into JSON)."""
+    filters = [
+        hcm.HttpFilter(name="envoy.filters.http.lua",
+                       typed_config=_typed(lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source()}))),
+        hcm.HttpFilter(name="envoy.filters.http.grpc_json_transcoder", typed_config=_typed(transcoder)),
+        hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(router_pb2.Router())),
+    ]
+    return hcm.HttpConnectionManager(
+        stat_prefix=LISTENER_NAME,
+        codec_type=hcm.HttpConnectionManager.AUTO,
+        rds=hcm.Rds(config_source=ads_source(), route_config_name=ROUTE_CONFIG_NAME),
+        http_filters=filters,
+        local_reply_config=build_local_reply_config(),
+        # Edge proxy hygiene: the client's address is the peer, paths are normalized before routing.
+        use_remote_address=BoolValue(value=True),
+        normalize_path=BoolValue(value=True),
+        merge_slashes=True,
+    )
+
+
+def build_listener(transcoder: transcoder_pb2.GrpcJsonTranscoder, options: GatewayOptions,
+                   ) -> listener_pb2.Listener:
+    """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection."""
+    manager = build_connection_manager(transcoder)
+    return listener_pb2.Listener(
+        name=LISTENER_NAME,
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
+            address=options.listen_host, port_value=options.listen_port)),
+        # Also the most a REST request body may be: the Lua filter buffers it, past this Envoy answers 413.
+        per_connection_buffer_limit_bytes=UInt32Value(value=options.max_request_bytes),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=_typed(manager))])],
+    )

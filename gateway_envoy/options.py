@@ -1,0 +1,32 @@
+"""Tunables of the gateway that the builders read; defaults match the mesh's documented local ports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Documented local defaults (ARCHITECTURE.md): REST + gRPC on 8080, xDS on 18000.
+DEFAULT_LISTEN_HOST = "127.0.0.1"
+DEFAULT_LISTEN_PORT = 8080
+DEFAULT_XDS_PORT = 18000
+# A unary call that has not answered in 15 s is stuck; REST clients get 504 instead of hanging forever.
+# gRPC clients may ask for less with their deadline (grpc-timeout), never for more.
+DEFAULT_ROUTE_TIMEOUT_S = 15.0
+# Instances are on the same host or LAN: a connect that takes longer than this goes to another instance.
+DEFAULT_CONNECT_TIMEOUT_S = 1.0
+# Largest REST request body the transcoder buffers; gRPC's own default message limit is 4 MiB, and no
+# JSON request of this API comes close to 1 MiB.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+# Largest response the transcoder buffers to convert to JSON (gRPC's default message limit).
+DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Where the gateway listens and the limits every route and cluster gets."""
+
+    listen_host: str = DEFAULT_LISTEN_HOST
+    listen_port: int = DEFAULT_LISTEN_PORT
+    route_timeout_s: float = DEFAULT_ROUTE_TIMEOUT_S
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES

@@ -1,0 +1,98 @@
+"""Pure builder for the route table: one gRPC-prefix route per announced service, to its Consul cluster."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.wrappers_pb2 import UInt32Value
+
+from gateway_envoy.catalog import Catalog, routable
+from gateway_envoy.options import GatewayOptions
+
+ROUTE_CONFIG_NAME = "protomesh"
+# Only failures where the instance cannot have processed the request: safe to retry even for
+# non-idempotent calls such as CreateUser.
+RETRY_ON = "connect-failure,refused-stream,unavailable"
+# Two more tries, each on a different instance (previous_hosts), covers one or two dead instances.
+NUM_RETRIES = 2
+# How often Envoy re-picks a host to honour previous_hosts before it settles for a repeat.
+HOST_SELECTION_ATTEMPTS = 5
+# First retry backoff; Envoy's default (25 ms) doubles per try, capped at 10x. A crashed instance
+# refuses instantly, so the retry should go out almost at once.
+RETRY_BASE_INTERVAL_MS = 10
+
+
+def _duration_ms(milliseconds: int) -> Duration:
+    duration = Duration()
+    duration.FromMilliseconds(milliseconds)
+    return duration
+
+
+def _retry_policy() -> route_components_pb2.RetryPolicy:
+    predicate = AnyProto()
+    predicate.Pack(previous_hosts_pb2.PreviousHostsPredicate(), deterministic=True)
+    return route_components_pb2.RetryPolicy(
+        retry_on=RETRY_ON,
+        num_retries=UInt32Value(value=NUM_RETRIES),
+        retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
+            name="envoy.retry_host_predicates.previous_hosts", typed_config=predicate)],
+        host_selection_retry_max_attempts=HOST_SELECTION_ATTEMPTS,
+        retry_back_off=route_components_pb2.RetryPolicy.RetryBackOff(
+            base_interval=_duration_ms(RETRY_BASE_INTERVAL_MS)),
+    )
+
+
+def service_routes(catalog: Catalog) -> dict[str, str]:
+    """gRPC service full name -> Consul service (cluster); a name announced twice goes to the first, sorted."""
+    owners: dict[str, str] = {}
+    for name in sorted(catalog):
+        for grpc_service in catalog[name].grpc_services:
+            owners.setdefault(grpc_service, name)
+    return owners
+
+
+def _match(grpc_service: str) -> route_components_pb2.RouteMatch:
+    return route_components_pb2.RouteMatch(
+        prefix=f"/{grpc_service}/", grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
+
+
+def _to_cluster(grpc_service: str, cluster: str, options: GatewayOptions) -> route_components_pb2.Route:
+    return route_components_pb2.Route(
+        name=grpc_service,
+        match=_match(grpc_service),
+        route=route_components_pb2.RouteAction(
+            cluster=cluster,
+            # Applies to REST and gRPC alike. grpc_timeout_header_max is not set on purpose: with it, a request
+            # without grpc-timeout (every REST request) would get no timeout at all. A gRPC client's deadline
+            # still reaches the instance in the grpc-timeout header.
+            timeout=_duration_ms(round(options.route_timeout_s * 1000)),
+            retry_policy=_retry_policy()))
+
+
+def _no_instance(grpc_service: str) -> route_components_pb2.Route:
+    # The API exists (it is in the descriptor) but no Consul service announces it: 503 UNAVAILABLE,
+    # which clients may retry, rather than 404 which says the method does not exist.
+    return route_components_pb2.Route(
+        name=grpc_service, match=_match(grpc_service),
+        direct_response=route_components_pb2.DirectResponseAction(status=503))
+
+
+def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
+                       ) -> route_pb2.RouteConfiguration:
+    """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
+
+    Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
+    announces answer 503. Only gRPC requests match (`grpc: {}`); anything else gets a JSON 404.
+    """
+    owners = service_routes(catalog)
+    routes = [_to_cluster(grpc_service, cluster, options) for grpc_service, cluster in sorted(owners.items())]
+    routes += [_no_instance(s) for s in sorted(set(api_services) - set(owners)) if routable(s)]
+    return route_pb2.RouteConfiguration(
+        name=ROUTE_CONFIG_NAME,
+        virtual_hosts=[route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)])
+
+

@@ -1,0 +1,91 @@
+"""A complete, versioned xDS configuration: built from catalog + descriptor, versioned by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.message import Message
+
+from gateway_envoy.catalog import Catalog, routable
+from gateway_envoy.clusters import build_cluster, build_load_assignment
+from gateway_envoy.descriptor import Descriptor
+from gateway_envoy.listener import build_listener, build_transcoder
+from gateway_envoy.options import GatewayOptions
+from gateway_envoy.routes import build_route_config
+
+_TYPE_PREFIX = "type.googleapis.com/"
+CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER_TYPE = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE_TYPE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
+# Order in which a change is pushed: make before break (new clusters and their endpoints exist before
+# a route points at them). Envoy itself asks for CDS and LDS first, then EDS and RDS while warming.
+PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Resources per type URL (name -> packed resource) and a content-hash version per type.
+
+    Versions are hashes, not counters: a restarted control plane computes the same versions for the same
+    state, so Envoy sees nothing new and changes nothing.
+    """
+
+    resources: Mapping[str, Mapping[str, AnyProto]]
+    versions: Mapping[str, str]
+    transcoded: tuple[str, ...]
+
+    @property
+    def version(self) -> str:
+        return _digest(self.versions[t].encode() for t in PUSH_ORDER)
+
+
+def _digest(chunks: Iterable[bytes]) -> str:
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(len(chunk).to_bytes(8, "big"))
+        hasher.update(chunk)
+    return hasher.hexdigest()[:16]
+
+
+def _by_name(items: Iterable[tuple[str, Message]]) -> tuple[dict[str, AnyProto], str]:
+    packed: dict[str, AnyProto] = {}
+    for name, message in sorted(items, key=lambda item: item[0]):
+        resource = AnyProto()
+        resource.Pack(message, deterministic=True)
+        packed[name] = resource
+    version = _digest(chunk for name, res in packed.items() for chunk in (name.encode(), res.value))
+    return packed, version
+
+
+def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequence[str]) -> tuple[str, ...]:
+    """Every service of the descriptor, plus any previously transcoded service still announced in Consul.
+
+    The second part makes Envoy reject (NACK) a descriptor that lost a deployed service, so the gateway
+    keeps its working configuration instead of silently dropping that service's REST API.
+    """
+    announced = {s for service in catalog.values() for s in service.grpc_services}
+    kept = {s for s in previous if s in announced}
+    return tuple(sorted(s for s in set(descriptor.services) | kept if routable(s)))
+
+
+def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequence[str],
+                   options: GatewayOptions) -> Snapshot:
+    """Pure: the same inputs always give the same resources and versions."""
+    transcoder = build_transcoder(descriptor.data, transcoded, options)
+    listener = build_listener(transcoder, options)
+    routes = build_route_config(catalog, transcoded, options)
+    parts = {
+        CLUSTER_TYPE: _by_name((name, build_cluster(svc, options)) for name, svc in catalog.items()),
+        ENDPOINT_TYPE: _by_name((name, build_load_assignment(svc)) for name, svc in catalog.items()),
+        LISTENER_TYPE: _by_name([(listener.name, listener)]),
+        ROUTE_TYPE: _by_name([(routes.name, routes)]),
+    }
+    return Snapshot(
+        resources={type_url: packed for type_url, (packed, _) in parts.items()},
+        versions={type_url: version for type_url, (_, version) in parts.items()},
+        transcoded=tuple(transcoded),
+    )

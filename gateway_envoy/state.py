@@ -1,0 +1,121 @@
+"""The control plane's state: inputs (catalog, descriptor), the snapshot built from them, and ACK/NACK outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway_envoy.ads import AdsServer
+from gateway_envoy.catalog import ConsulService, merge_last_known_good
+from gateway_envoy.descriptor import Descriptor
+from gateway_envoy.options import GatewayOptions
+from gateway_envoy.snapshot import LISTENER_TYPE, Snapshot, build_snapshot, transcoded_services
+
+log = logging.getLogger("gateway_envoy.state")
+
+# Consul changes arriving within this window go out as one push: a dev-agent restart re-registers every
+# instance in a burst. Short enough that a deregistered instance leaves Envoy well within 100 ms.
+COALESCE_S = 0.02
+# Listener builds remembered to match late ACKs/NACKs to the descriptor they carried.
+MAX_REMEMBERED_BUILDS = 16
+
+
+@dataclass(frozen=True)
+class _Build:
+    descriptor: Descriptor
+    transcoded: tuple[str, ...]
+
+
+class ControlPlane:
+    """Rebuilds the snapshot when an input changes and publishes it to the ADS server.
+
+    The descriptor used is the newest one unless Envoy rejected the listener built from it; then the last
+    accepted descriptor keeps serving until the file changes again.
+    """
+
+    def __init__(self, options: GatewayOptions, descriptor: Descriptor) -> None:
+        self.options = options
+        self.ads = AdsServer(on_ack=self.on_ack, on_nack=self.on_nack)
+        self.candidate = descriptor
+        self.accepted: _Build | None = None
+        self.rejected: set[str] = set()
+        self.raw_catalog: Mapping[str, ConsulService] = {}
+        self.catalog: dict[str, ConsulService] = {}
+        self.snapshot: Snapshot | None = None
+        self._builds: dict[str, _Build] = {}
+        self._dirty = asyncio.Event()
+
+    def _descriptor(self) -> Descriptor:
+        if self.candidate.digest in self.rejected and self.accepted is not None:
+            return self.accepted.descriptor
+        return self.candidate
+
+    def rebuild(self) -> None:
+        """Merge the catalog with last-known-good, build, and publish when anything changed."""
+        self.catalog = merge_last_known_good(self.catalog, self.raw_catalog)
+        descriptor = self._descriptor()
+        previous = self.accepted.transcoded if self.accepted else ()
+        transcoded = transcoded_services(descriptor, self.catalog, previous)
+        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options)
+        self._remember(snapshot.versions[LISTENER_TYPE], _Build(descriptor, transcoded))
+        if self.snapshot is None or snapshot.versions != self.snapshot.versions:
+            log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,
+                     len(self.catalog), descriptor.digest, len(transcoded))
+            self.snapshot = snapshot
+            self.ads.publish(snapshot)
+
+    def _remember(self, listener_version: str, build: _Build) -> None:
+        self._builds.pop(listener_version, None)  # re-inserted last: the newest builds are the ones kept
+        self._builds[listener_version] = build
+        while len(self._builds) > MAX_REMEMBERED_BUILDS:
+            del self._builds[next(iter(self._builds))]
+
+    def set_catalog(self, catalog: Mapping[str, ConsulService]) -> None:
+        """New raw Consul state; the rebuild happens after the coalescing window (see run_coalescer)."""
+        self.raw_catalog = dict(catalog)
+        self._dirty.set()
+
+    async def set_descriptor(self, descriptor: Descriptor) -> None:
+        self.candidate = descriptor
+        self.rebuild()
+
+    async def run_coalescer(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(COALESCE_S)
+            self._dirty.clear()
+            self.rebuild()
+
+    def on_ack(self, type_url: str, version: str) -> None:
+        build = self._builds.get(version)
+        if type_url == LISTENER_TYPE and build is not None and build != self.accepted:
+            self.accepted = build
+            log.info("Envoy accepted the listener of descriptor %s", build.descriptor.digest)
+
+    def on_nack(self, type_url: str, version: str, message: str) -> None:
+        build = self._builds.get(version)
+        if type_url != LISTENER_TYPE or build is None or build.descriptor.digest in self.rejected:
+            return
+        self.rejected.add(build.descriptor.digest)
+        kept = self.accepted.descriptor.digest if self.accepted else "none"
+        log.error("descriptor %s rejected by Envoy; keeping descriptor %s until the file changes",
+                  build.descriptor.digest, kept)
+        self.rebuild()
+
+    def status(self) -> dict[str, object]:
+        """What `protomesh status` and tests read from the status endpoint."""
+        return {
+            "ready": self.snapshot is not None,
+            "version": self.snapshot.version if self.snapshot else None,
+            "streams": self.ads.streams,
+            "nacks_total": self.ads.nacks_total,
+            "last_nack": self.ads.last_nack,
+            "descriptor": {"candidate": self.candidate.digest, "rejected": sorted(self.rejected),
+                           "accepted": self.accepted.descriptor.digest if self.accepted else None},
+            "transcoded": list(self.snapshot.transcoded) if self.snapshot else [],
+            "services": {name: {"grpc_services": list(svc.grpc_services),
+                                "endpoints": [f"{e.address}:{e.port}" for e in svc.endpoints]}
+                         for name, svc in sorted(self.catalog.items())},
+        }

@@ -1,0 +1,145 @@
+"""The control plane's pure parts: Consul entries to catalog, catalog + descriptor to Envoy resources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+
+from gateway_envoy.bootstrap import COMPOSE_ADMIN_HOST, COMPOSE_XDS_HOST, render_bootstrap
+from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, service_from_health
+from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
+from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
+from gateway_envoy.options import GatewayOptions
+from gateway_envoy.routes import build_route_config
+from gateway_envoy.snapshot import LISTENER_TYPE, build_snapshot, transcoded_services
+from protomesh.testing import find_binary, project_root
+
+USERS = "acme.users.v1.UserService"
+OPTIONS = GatewayOptions()
+
+
+def users(*ports: int) -> ConsulService:
+    return ConsulService("users", (USERS,), tuple(Endpoint("127.0.0.1", p) for p in ports))
+
+
+def health_entry(port: int, status: str, grpc_services: str = USERS) -> dict[str, object]:
+    return {"Node": {"Address": "10.0.0.1"},
+            "Service": {"Address": "127.0.0.1", "Port": port, "Meta": {"grpc_services": grpc_services}},
+            "Checks": [{"Status": "passing"}, {"Status": status}]}
+
+
+def test_only_instances_whose_checks_all_pass_become_endpoints() -> None:
+    service = service_from_health("users", [health_entry(1, "passing"), health_entry(2, "critical")])
+    assert service == users(1)
+
+
+def test_a_service_whose_instances_all_fail_keeps_its_grpc_services_and_has_no_endpoint() -> None:
+    assert service_from_health("users", [health_entry(2, "critical")]) == users()
+
+
+def test_services_without_grpc_meta_and_health_or_reflection_are_not_routable() -> None:
+    assert service_from_health("consul", [{"Node": {"Address": "x"}, "Service": {"Port": 8300}}]) is None
+    hidden = "grpc.health.v1.Health,grpc.reflection.v1alpha.ServerReflection"
+    assert service_from_health("users", [health_entry(1, "passing", hidden)]) is None
+
+
+def test_a_service_that_suddenly_reports_no_instance_keeps_its_last_known_good_endpoints() -> None:
+    assert merge_last_known_good({"users": users(1)}, {}) == {"users": users(1)}
+    assert merge_last_known_good({"users": users(1)}, {"users": users()}) == {"users": users(1)}
+    assert merge_last_known_good({"users": users(1)}, {"users": users(2)}) == {"users": users(2)}
+    assert merge_last_known_good({}, {"users": users()}) == {"users": users()}
+
+
+def test_a_cluster_is_named_after_its_consul_service_and_speaks_http2_with_a_raised_retry_budget() -> None:
+    cluster = build_cluster(users(1), OPTIONS)
+    assert (cluster.name, cluster.type) == ("users", cluster_pb2.Cluster.EDS)
+    assert HTTP_PROTOCOL_OPTIONS in cluster.typed_extension_protocol_options
+    assert cluster.circuit_breakers.thresholds[0].max_retries.value > 3
+    assert cluster.outlier_detection.consecutive_gateway_failure.value > 0
+    assert cluster.connect_timeout.ToMilliseconds() == OPTIONS.connect_timeout_s * 1000
+
+
+def test_the_load_assignment_lists_the_passing_endpoints() -> None:
+    assignment = build_load_assignment(users(1, 2))
+    ports = [e.endpoint.address.socket_address.port_value for e in assignment.endpoints[0].lb_endpoints]
+    assert (assignment.cluster_name, ports) == ("users", [1, 2])
+
+
+def test_routes_send_each_grpc_prefix_to_its_cluster_with_timeout_and_safe_retries() -> None:
+    config = build_route_config({"users": users(1)}, [USERS], OPTIONS)
+    (route,) = config.virtual_hosts[0].routes
+    assert (route.match.prefix, route.route.cluster) == (f"/{USERS}/", "users")
+    assert route.match.HasField("grpc")
+    assert route.route.timeout.ToMilliseconds() == OPTIONS.route_timeout_s * 1000
+    policy = route.route.retry_policy
+    assert set(policy.retry_on.split(",")) == {"connect-failure", "refused-stream", "unavailable"}
+    assert policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
+
+
+def test_an_api_service_without_a_consul_service_answers_503_and_hidden_services_get_no_route() -> None:
+    config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS)
+    (route,) = config.virtual_hosts[0].routes
+    assert (route.match.prefix, route.direct_response.status) == ("/acme.orders.v1.OrderService/", 503)
+
+
+@pytest.fixture(scope="module")
+def descriptor() -> Descriptor:
+    return read_descriptor(project_root() / "gen" / "descriptors" / "protomesh.binpb")
+
+
+def test_the_descriptor_set_lists_every_contract_service(descriptor: Descriptor) -> None:
+    assert USERS in descriptor.services
+    with pytest.raises(DescriptorError):
+        parse_descriptor(b"\xff not a descriptor")
+
+
+def test_a_deployed_service_stays_transcoded_even_when_a_new_descriptor_lacks_it(descriptor: Descriptor) -> None:
+    lacking = Descriptor(descriptor.data, tuple(s for s in descriptor.services if s != USERS), "lacking")
+    assert USERS in transcoded_services(lacking, {"users": users(1)}, [USERS])
+    assert USERS not in transcoded_services(lacking, {}, [USERS])
+
+
+def test_the_listener_transcodes_with_status_conversion_and_strict_validation(descriptor: Descriptor) -> None:
+    snapshot = build_snapshot({"users": users(1)}, descriptor, [USERS], OPTIONS)
+    listener = listener_pb2.Listener()
+    snapshot.resources[LISTENER_TYPE]["gateway"].Unpack(listener)
+    manager = hcm.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    assert manager.codec_type == hcm.HttpConnectionManager.AUTO
+    names = [f.name for f in manager.http_filters]
+    assert names == ["envoy.filters.http.lua", "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
+    transcoder = transcoder_pb2.GrpcJsonTranscoder()
+    manager.http_filters[1].typed_config.Unpack(transcoder)
+    assert transcoder.convert_grpc_status
+    assert transcoder.request_validation_options.reject_unknown_method
+    assert transcoder.request_validation_options.reject_unknown_query_parameters
+    assert list(transcoder.services) == [USERS]
+
+
+def test_the_snapshot_version_is_a_content_hash_that_another_process_reproduces() -> None:
+    script = ("from gateway_envoy.catalog import *; from gateway_envoy.descriptor import read_descriptor;"
+              "from gateway_envoy.options import GatewayOptions; from gateway_envoy.snapshot import build_snapshot;"
+              "d = read_descriptor(__import__('pathlib').Path('gen/descriptors/protomesh.binpb'));"
+              f"s = {{'users': ConsulService('users', ({USERS!r},), (Endpoint('127.0.0.1', 1),))}};"
+              "print(build_snapshot(s, d, d.services, GatewayOptions()).version)")
+    versions = {subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True,
+                               cwd=project_root(), env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(versions) == 1
+
+
+@pytest.mark.parametrize(("name", "rendered"), [
+    ("bootstrap.yaml", render_bootstrap()),
+    ("envoy-compose.yaml", render_bootstrap(admin_host=COMPOSE_ADMIN_HOST, xds_host=COMPOSE_XDS_HOST)),
+])
+def test_the_committed_bootstraps_are_rendered_by_the_builder_and_envoy_accepts_them(name: str, rendered: str) -> None:
+    committed = project_root() / "gateway_envoy" / name
+    assert committed.read_text() == rendered, f"re-render {name} with python -m gateway_envoy.bootstrap"
+    result = subprocess.run([find_binary("envoy"), "--mode", "validate", "-c", str(committed)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
