@@ -29,6 +29,8 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@echo "==> buf breaking (against the previous commit)"; scripts/buf-breaking.sh
 	@echo "==> ruff"; $(VENV)/bin/ruff check .
 	@echo "==> mypy"; $(VENV)/bin/mypy
+	@# Each service's package is named `app`, so each is checked from its own folder.
+	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
 test: setup protos lint ## Run every test against real Consul, Envoy and RabbitMQ
 	@scripts/test.sh

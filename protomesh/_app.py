@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
@@ -48,6 +49,7 @@ class Context(Generic[S]):
         self._stack = stack
         self._channels: dict[str, DiscoveryChannel] = {}
         self._channels_lock = asyncio.Lock()
+        self._before_server_stop: list[Callable[[], Awaitable[None] | None]] = []
 
     @property
     def settings(self) -> S:
@@ -57,6 +59,21 @@ class Context(Generic[S]):
     async def enter(self, cm: AbstractAsyncContextManager[T]) -> T:
         """Enter cm now; it exits at shutdown, after the server stopped, in reverse order of entering."""
         return await self._stack.enter_async_context(cm)
+
+    def before_server_stop(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run callback at shutdown once the instance is deregistered and drained, just before
+        server.stop(grace): where long-lived streams are ended, so they finish with OK instead of being
+        cancelled when the grace period runs out. Callbacks run in reverse order of registration."""
+        self._before_server_stop.append(callback)
+
+    async def _run_before_server_stop(self) -> None:
+        for callback in reversed(self._before_server_stop):
+            try:
+                result = callback()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _LOG.exception("before-server-stop callback %r failed", callback)
 
     async def channel(self, service: str) -> DiscoveryChannel:
         """A discovery channel to `service` (one per service, shared, closed at shutdown)."""
@@ -138,6 +155,7 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     bindings = await build(context)
     server = Server(config.current.server, bindings)
     stack.push_async_callback(lambda: server.stop(config.current.server.grace_s))
+    stack.push_async_callback(context._run_before_server_stop)
     await server.start()
     registration = Registration(consul, service=service, address=address, port=server.port,
                                 grpc_services=server.service_names, version=config.current.server.version,

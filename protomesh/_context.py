@@ -24,13 +24,16 @@ def time_remaining() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def bind_call(cid: str, remaining: float | None) -> tuple[contextvars.Token[str | None], contextvars.Token[float | None]]:
+CallTokens = tuple[contextvars.Token[str | None], contextvars.Token[float | None]]
+
+
+def bind_call(cid: str, remaining: float | None) -> CallTokens:
     """Set the current call's context; returns tokens for reset_call()."""
     deadline = None if remaining is None else time.monotonic() + remaining
     return _correlation_id.set(cid), _deadline.set(deadline)
 
 
-def reset_call(tokens: tuple[contextvars.Token[str | None], contextvars.Token[float | None]]) -> None:
+def reset_call(tokens: CallTokens) -> None:
     _correlation_id.reset(tokens[0])
     _deadline.reset(tokens[1])
 

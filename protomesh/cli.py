@@ -88,7 +88,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 MESH_ENV_HELP = """environment: GATEWAY_PORT (8080), ENVOY_ADMIN_PORT (9901), XDS_PORT (18000), CONSUL_PORT (8500),
-AMQP_PORT (5672), USERS_REPLICAS (2), ORDERS_REPLICAS (1), NOTIFICATIONS_REPLICAS (1)"""
+AMQP_PORT (5672), USERS_REPLICAS (2), ORDERS_REPLICAS (1), NOTIFICATIONS_REPLICAS (1),
+PROTOMESH_VAR_DIR (var/mesh: state, data, logs), PROTOMESH_RABBITMQ_NODE (protomesh)"""
 
 
 def build_parser() -> argparse.ArgumentParser:

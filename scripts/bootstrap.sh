@@ -44,7 +44,8 @@ step_venv() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt"
-  quietly "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+  # compat mode installs a plain .pth path (not an import hook), which mypy can follow from services/*.
+  quietly "$VENV/bin/python" -m pip install -q --no-deps --config-settings editable_mode=compat -e "$ROOT"
   # Generated stubs live in gen/python (git-ignored); a .pth makes them importable in this venv
   # the same way an editable install does, so no code edits sys.path.
   local site

@@ -99,6 +99,15 @@ async def run_foreground(plan: MeshPlan) -> int:
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     print(f"==> starting the local mesh (state and logs in {plan.state_dir})", flush=True)
+    try:
+        return await _supervise(plan, stop, started)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"protomesh: the mesh did not start: {exc}", file=sys.stderr)
+        print(f"protomesh: every component was stopped; logs in {plan.state_dir / 'logs'}", file=sys.stderr)
+        return 1
+
+
+async def _supervise(plan: MeshPlan, stop: asyncio.Event, started: float) -> int:
     async with Mesh(plan) as mesh:
         print(f"\n{mesh.table()}\n\n(up in {time.monotonic() - started:.1f}s; Ctrl-C stops everything)\n")
         print(examples(plan), flush=True)

@@ -25,7 +25,7 @@ def rabbitmq(plan: MeshPlan) -> Component:
     url = f"amqp://127.0.0.1:{plan.ports.amqp}"
     if port_open(plan.ports.amqp):
         return Component("rabbitmq", None, polled(lambda: True), url=f"{url} (already running)")
-    node = RabbitMQNode(plan.state_dir / "rabbitmq", amqp_port=plan.ports.amqp, name="protomesh")
+    node = RabbitMQNode(plan.state_dir / "rabbitmq", amqp_port=plan.ports.amqp, name=plan.rabbitmq_node)
 
     async def start_node() -> bool:
         if not node.running():

@@ -50,17 +50,24 @@ class MeshPlan:
     root: Path
     ports: MeshPorts = field(default_factory=MeshPorts)
     replicas: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(SERVICES, 1) | {"users": 2})
+    # Where state, data and logs go; tests point it at a tmp dir to run a mesh beside a developer's own.
+    var_dir: Path | None = None
+    # A fixed node name lets `protomesh up` find its broker's data again; tests use a fresh one.
+    rabbitmq_node: str = "protomesh"
 
     @classmethod
     def from_env(cls, root: Path, env: Mapping[str, str]) -> MeshPlan:
-        """Ports from *_PORT variables, replicas from <SERVICE>_REPLICAS (users defaults to 2)."""
+        """Ports from *_PORT variables, replicas from <SERVICE>_REPLICAS (users defaults to 2), state from
+        PROTOMESH_VAR_DIR and the broker's node name from PROTOMESH_RABBITMQ_NODE."""
         base = cls(root)
         replicas = {name: _int(env, f"{name.upper()}_REPLICAS", n) for name, n in base.replicas.items()}
-        return cls(root, MeshPorts.from_env(env), replicas)
+        var_dir = Path(env["PROTOMESH_VAR_DIR"]) if env.get("PROTOMESH_VAR_DIR") else None
+        return cls(root, MeshPorts.from_env(env), replicas, var_dir,
+                   env.get("PROTOMESH_RABBITMQ_NODE") or base.rabbitmq_node)
 
     @property
     def state_dir(self) -> Path:
-        return self.root / "var" / "mesh"
+        return self.var_dir or self.root / "var" / "mesh"
 
     @property
     def descriptor(self) -> Path:

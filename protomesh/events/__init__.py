@@ -26,7 +26,7 @@ from protomesh.events._outbox import (
     OutboxStorage,
     decode_event,
 )
-from protomesh.events._publisher import DEFAULT_PUBLISH_TIMEOUT_S, Publisher, PublishError
+from protomesh.events._publisher import DEFAULT_PUBLISH_TIMEOUT_S, Publisher, PublishError, Unroutable
 from protomesh.events._subscriber import DEFAULT_PREFETCH, DEFAULT_RETRY_DELAY_S, Subscriber
 from protomesh.events._topology import DEFAULT_DELIVERY_LIMIT
 
@@ -52,6 +52,7 @@ __all__ = [
     "Publisher",
     "Subscriber",
     "UndeliverableEvent",
+    "Unroutable",
     "current_delivery",
     "decode_event",
     "event_id_of",

@@ -56,7 +56,11 @@ class OutboxRelay:
     """
 
     def __init__(self, storage: OutboxStorage, publisher: Publisher, *, batch_size: int = DEFAULT_OUTBOX_BATCH,
-                 poll_interval_s: float = DEFAULT_OUTBOX_POLL_S) -> None:
+                 poll_interval_s: float = DEFAULT_OUTBOX_POLL_S, require_route: bool = True) -> None:
+        # require_route keeps an event pending until some consumer group has bound a queue for it (a fresh
+        # broker, or consumers started after producers): dropping it would lose it. The price is that an
+        # event type nobody ever subscribes to holds up the relay, hence the option.
+        self.require_route = require_route
         self._storage = storage
         self._publisher = publisher
         self.batch_size = batch_size
@@ -96,7 +100,8 @@ class OutboxRelay:
             confirmed: list[int] = []
             try:
                 for record in records:
-                    await self._publisher.publish(decode_event(record.event_type, record.payload))
+                    await self._publisher.publish(decode_event(record.event_type, record.payload),
+                                                  require_route=self.require_route)
                     confirmed.append(record.id)
             finally:
                 if confirmed:

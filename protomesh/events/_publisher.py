@@ -27,6 +27,10 @@ class PublishError(Unavailable):
     """The broker did not confirm the event (down, unreachable, or it refused it); the caller may retry."""
 
 
+class Unroutable(PublishError):
+    """No queue is bound to the event's type (no consumer group declared one yet): nobody would get it."""
+
+
 class Publisher:
     """Publishes protobuf events to the topic exchange, routing key = the event's full proto name.
 
@@ -55,8 +59,11 @@ class Publisher:
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    async def publish(self, event: Message) -> None:
-        """Publish the event (stamping event_id/event_time if unset) and wait for the broker's confirm."""
+    async def publish(self, event: Message, *, require_route: bool = False) -> None:
+        """Publish the event (stamping event_id/event_time if unset) and wait for the broker's confirm.
+
+        With require_route, an event no queue is bound to raises Unroutable instead of being dropped.
+        """
         name = event_type(event)
         message = to_amqp_message(event, app_id=self.app_id)
         try:
@@ -72,6 +79,8 @@ class Publisher:
             raise PublishError(f"the event broker is unavailable for {name}") from error
         if isinstance(confirm, aiormq.abc.DeliveredMessage):
             # Returned as unroutable: no queue is bound to this type (no consumer group has declared one).
+            if require_route:
+                raise Unroutable(f"{name}: no queue is bound to it on {self.exchange_name} yet")
             logger.warning("event %s (%s) dropped: no queue is bound to it on %s", name, message.message_id,
                            self.exchange_name)
 

@@ -1,0 +1,53 @@
+"""Composition root of the notifications service: storage, broadcaster, event consumer and servicer."""
+
+from __future__ import annotations
+
+import logging
+
+from acme.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
+
+from app.broadcast import Broadcaster
+from app.consumer import CONSUMER_GROUP, event_handlers
+from app.domain import Notification, Notifications
+from app.handlers import NotificationHandlers
+from app.repo import SqliteNotificationRepository
+from app.settings import NotificationsSettings
+from protomesh import Binding, Context, run
+from protomesh.events import Subscriber
+
+log = logging.getLogger(__name__)
+
+SERVICE = "notifications"
+
+
+def main() -> None:
+    run(SERVICE, NotificationsSettings, build)
+
+
+async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
+    """Open the store and the broadcaster, then consume: at shutdown the consumer stops first (reverse order)."""
+    settings = ctx.settings
+    repo = await ctx.enter(SqliteNotificationRepository.open(settings.database_file()))
+    broadcaster = await ctx.enter(Broadcaster[Notification](queue_size=settings.watch_queue_size))
+    # Open watches end with OK when shutdown begins, instead of being cancelled when the grace runs out.
+    ctx.before_server_stop(broadcaster.close)
+    notifications = Notifications(repo, broadcaster, limits=settings.page_limits)
+    await ctx.enter(Subscriber(settings.amqp_url, group=CONSUMER_GROUP, handlers=event_handlers(notifications),
+                               prefetch=settings.prefetch))
+
+    def follow(current: NotificationsSettings) -> None:
+        if current.page_limits != notifications.limits:
+            notifications.limits = current.page_limits
+            log.info("page sizes now default %d, max %d", current.default_page_size, current.max_page_size)
+
+    ctx.config.subscribe(follow)
+    return [binding(notifications)]
+
+
+def binding(notifications: Notifications) -> Binding:
+    """The NotificationService servicer over these use cases, ready for protomesh.Server (tests use it too)."""
+    return Binding(
+        notifications_service_pb2.DESCRIPTOR.services_by_name["NotificationService"],
+        NotificationHandlers(notifications),
+        notifications_service_pb2_grpc.add_NotificationServiceServicer_to_server,
+    )
