@@ -25,7 +25,15 @@ class Component:
     url: str = ""
     stop_timeout_s: float = 15.0
     on_stop: Callable[[], Awaitable[None]] | None = None
+    # The pid of what runs outside `process` (a detached RabbitMQ node), for the state file.
+    detached_pid: Callable[[], int | None] | None = None
     started_at: float = field(default=0.0)
+
+    @property
+    def pid(self) -> int | None:
+        if self.process is not None and self.process.proc is not None:
+            return self.process.pid
+        return self.detached_pid() if self.detached_pid is not None else None
 
     async def start(self) -> float:
         """Start and wait until healthy; returns the seconds it took."""

@@ -123,6 +123,10 @@ class RabbitMQNode:
     def running(self) -> bool:
         return self._our_pid() is not None
 
+    def pid(self) -> int | None:
+        """The node's pid while it runs (it is detached: not a child of whoever started it)."""
+        return self._our_pid()
+
     def _our_pid(self) -> int | None:
         """The pid of this node if it runs: ours, or named by our pid file (start() gave up early, or
         another process started it, as `protomesh up --detach` does), checked against the node's environment

@@ -61,12 +61,15 @@ class Mesh:
     def dead(self) -> list[str]:
         return [c.name for c in self.started if c.process is not None and not c.process.running()]
 
+    def component(self, name: str) -> Component:
+        return next(c for c in self.started if c.name == name)
+
     def _write_state(self, status: str) -> None:
         state = {
             "status": status,
             "supervisor_pid": os.getpid(),
             "ports": vars(self.plan.ports),
-            "processes": {c.name: c.process.pid for c in self.started if c.process is not None},
+            "processes": {c.name: c.pid for c in self.started if c.pid is not None},
         }
         path = self.plan.state_dir / "state.json"
         path.parent.mkdir(parents=True, exist_ok=True)

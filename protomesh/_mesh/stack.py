@@ -35,7 +35,7 @@ def rabbitmq(plan: MeshPlan) -> Component:
     async def stop_node() -> None:
         await asyncio.to_thread(node.stop)
 
-    return Component("rabbitmq", None, start_node, url=url, on_stop=stop_node)
+    return Component("rabbitmq", None, start_node, url=url, on_stop=stop_node, detached_pid=node.pid)
 
 
 def controlplane(plan: MeshPlan) -> Component:
@@ -61,15 +61,27 @@ def gateway(plan: MeshPlan) -> Component:
                      url=f"http://127.0.0.1:{plan.ports.gateway} (REST + gRPC; admin {admin})")
 
 
+def gateway_hosts(plan: MeshPlan, service: str) -> int:
+    """How many endpoints of the service's cluster Envoy has (from its admin API)."""
+    clusters = get_json(f"http://127.0.0.1:{plan.ports.envoy_admin}/clusters?format=json")
+    if not isinstance(clusters, dict):
+        return 0
+    for cluster in clusters.get("cluster_statuses", []):
+        if cluster.get("name") == service:
+            return len(cluster.get("host_statuses", []))
+    return 0
+
+
 def service_instances(plan: MeshPlan, service: str) -> list[Component]:
-    """The instances of one service; healthy once Consul lists all of them as passing."""
+    """The instances of one service; healthy once Consul lists all as passing and the gateway routes to them."""
     replicas = plan.replicas[service]
     env = {**os.environ, **plan.service_env(service)}
     health = f"http://{plan.consul_address}/v1/health/service/{service}?passing=true"
 
     def all_passing() -> bool:
         entries = get_json(health)
-        return isinstance(entries, list) and len(entries) >= replicas
+        passing = isinstance(entries, list) and len(entries) >= replicas
+        return passing and gateway_hosts(plan, service) >= replicas
 
     components = []
     for index in range(replicas):
