@@ -36,6 +36,7 @@ test: setup protos lint ## Run every test against real Consul, Envoy and RabbitM
 	@scripts/test.sh
 
 up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)
+	@scripts/bootstrap.sh grpcurl
 	@$(VENV)/bin/protomesh up
 
 down: ## Stop a mesh started with `protomesh up --detach`
