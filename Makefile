@@ -19,7 +19,7 @@ help: ## List the targets
 setup: ## Install every tool into the project (.venv, .tools): idempotent, prints each step
 	@scripts/bootstrap.sh
 
-protos: ## Generate Python stubs (gen/python) and the gateway descriptor set ($(DESCRIPTOR))
+protos: ## Generate Python stubs (gen/python) and the gateway descriptor set (gen/descriptors)
 	@scripts/bootstrap.sh venv >/dev/null
 	@$(VENV)/bin/protomesh protos --root protos --python-out gen/python --descriptor-out $(DESCRIPTOR)
 

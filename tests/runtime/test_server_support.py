@@ -33,7 +33,8 @@ class ScriptedUsers(users_service_pb2_grpc.UserServiceServicer):
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
             case "context":  # what the handler sees of the call context, for assertions on the client
                 remaining = _context.time_remaining()
-                name = "none" if remaining is None else f"{remaining:.3f}"
+                # Microseconds: a downstream deadline a few hundred µs shorter must not round up to the caller's.
+                name = "none" if remaining is None else f"{remaining:.6f}"
                 return _reply(user_id=_context.correlation_id() or "", display_name=name)
         return _reply(user_id=request.user_id, display_name="Ada")
 
