@@ -68,6 +68,29 @@ class PageLimits:
         return min(requested or self.default_size, self.max_size)
 
 
+@dataclass(frozen=True)
+class PageSettings:
+    """Settings fields of a service with List methods; mix into its settings before ServiceSettings.
+
+        @dataclass(frozen=True)
+        class OrdersSettings(PageSettings, ServiceSettings): ...   # a __post_init__ of its own calls super()'s
+    """
+
+    default_page_size: int = DEFAULT_PAGE_SIZE
+    max_page_size: int = DEFAULT_MAX_PAGE_SIZE
+
+    def __post_init__(self) -> None:
+        # Raised while loading (and on a hot reload, which then keeps the last good settings); the message
+        # names the field, which PageLimits' own check cannot.
+        for name in ("max_page_size", "default_page_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def page_limits(self) -> PageLimits:
+        return PageLimits(default_size=self.default_page_size, max_size=self.max_page_size)
+
+
 def encode_page_token(cursor: Cursor, *, scope: str = "") -> str:
     """An opaque token for the page after cursor; scope is the query's filter (e.g. the user id)."""
     payload = json.dumps([_TOKEN_VERSION, scope, to_micros(cursor.time), cursor.id], separators=(",", ":")).encode()
@@ -132,5 +155,5 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=_DIGEST_SIZE, person=b"protomesh-page").digest()
 
 
-__all__ = ["DEFAULT_MAX_PAGE_SIZE", "DEFAULT_PAGE_SIZE", "Cursor", "Page", "PageLimits", "decode_page_token",
-           "encode_page_token", "list_page", "split_page"]
+__all__ = ["DEFAULT_MAX_PAGE_SIZE", "DEFAULT_PAGE_SIZE", "Cursor", "Page", "PageLimits", "PageSettings",
+           "decode_page_token", "encode_page_token", "list_page", "split_page"]

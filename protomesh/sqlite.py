@@ -1,28 +1,41 @@
 """A service's SQLite database: WAL file, schema on open, one serialized writer and a separate reader.
 
-    async with Database.open("var/orders.sqlite3", SCHEMA) as db:
-        async with db.transaction() as tx:
-            await tx.execute("INSERT INTO orders (order_id) VALUES (?)", ("o-1",))
-        rows = await db.fetch_all("SELECT order_id FROM orders")
+    class OrderRepository(Repository):
+        SCHEMA = "CREATE TABLE IF NOT EXISTS orders (order_id TEXT PRIMARY KEY, state TEXT NOT NULL)"
+
+        async def cancel(self, order_id: str) -> bool:     # several statements: self._db.transaction()
+            sql = "UPDATE orders SET state = 'CANCELLED' WHERE order_id = ? RETURNING order_id"
+            return bool(await self._db.write(sql, (order_id,)))
+
+    async with OrderRepository.open("var/orders.sqlite3") as orders:
+        await orders.cancel("o-1")
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import aiosqlite
 
 from protomesh._config import default_config_dir
 
+log = logging.getLogger(__name__)
+
 # A writer waits this long for a lock held by another process (e.g. a second instance on the same file)
 # before SQLite raises "database is locked".
 DEFAULT_BUSY_TIMEOUT_MS = 5000
+# SQLite's name for a private in-memory database. Two connections to it would be two databases, so
+# Database.open gives it a throwaway file instead (deleted on close): same behaviour, nothing kept.
+MEMORY = ":memory:"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -40,9 +53,10 @@ def from_micros(micros: int) -> datetime:
 
 def database_file(path: str | Path, *, cwd: Path | None = None) -> Path:
     """A settings' database path made absolute: a relative one is resolved against the folder holding
-    config/ (the checkout, whose var/ is git-ignored, or a container's /app), as config files are."""
+    config/ (the checkout, whose var/ is git-ignored, or a container's /app), as config files are; MEMORY
+    stays as it is."""
     target = Path(path).expanduser()
-    if target.is_absolute():
+    if target.is_absolute() or str(path) == MEMORY:
         return target
     return default_config_dir(cwd).parent / target
 
@@ -54,8 +68,11 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     conn.row_factory = sqlite3.Row
     # WAL lets the reader connection see the last commit while the writer holds a transaction;
     # synchronous=NORMAL is crash-safe in WAL (a power cut may lose the last commits, never consistency).
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON",
-                   f"busy_timeout={DEFAULT_BUSY_TIMEOUT_MS}"):
+    async with conn.execute("PRAGMA journal_mode=WAL") as cursor:
+        mode = await cursor.fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        log.warning("sqlite kept journal mode %s for %s: the reader will wait for writers", mode, path)
+    for pragma in ("synchronous=NORMAL", "foreign_keys=ON", f"busy_timeout={DEFAULT_BUSY_TIMEOUT_MS}"):
         await conn.execute(f"PRAGMA {pragma}")
     return conn
 
@@ -76,6 +93,14 @@ class Database:
     @asynccontextmanager
     async def open(cls, path: str | Path, schema: str) -> AsyncIterator[Database]:
         """Create the file's folder and the schema (idempotent DDL), yield the database, close it."""
+        if str(path) == MEMORY:
+            folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="protomesh-sqlite-"))
+            try:
+                async with cls.open(folder / "memory.sqlite3", schema) as db:
+                    yield db
+            finally:
+                await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         writer = await _connect(path)
@@ -101,6 +126,11 @@ class Database:
                 raise
             await self._writer.execute("COMMIT")
 
+    async def write(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """One write statement in a transaction of its own; the rows of its RETURNING clause (none without)."""
+        async with self.transaction() as tx, tx.execute(sql, tuple(params)) as cursor:
+            return list(await cursor.fetchall())
+
     async def fetch_all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """Rows of a read-only query, from the last committed state."""
         return list(await self._reader.execute_fetchall(sql, tuple(params)))
@@ -112,4 +142,20 @@ class Database:
             return row
 
 
-__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "Database", "database_file", "from_micros", "to_micros"]
+class Repository:
+    """Base of a service's repository over one Database: a subclass sets SCHEMA and queries self._db."""
+
+    SCHEMA: ClassVar[str]
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: str | Path) -> AsyncIterator[Self]:
+        """Open (creating folders and schema as needed) and close on exit; MEMORY for a throwaway store."""
+        async with Database.open(path, cls.SCHEMA) as db:
+            yield cls(db)
+
+
+__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "MEMORY", "Database", "Repository", "database_file", "from_micros", "to_micros"]

@@ -1,21 +1,15 @@
-"""Fixtures of the events tests: one real RabbitMQ node per test module, and a channel to look into it."""
+"""Fixtures of the events tests (the module-scoped `rabbitmq_node` comes from protomesh.testing.plugin)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from protomesh.testing._rabbitmq import RabbitMQNode, rabbitmq_node_fixture
-
-
-@pytest.fixture(scope="module")
-def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
-    """A real RabbitMQ node shared by one test module (a boot costs ~8 s); fails when RabbitMQ is missing."""
-    yield from rabbitmq_node_fixture(tmp_path_factory.mktemp("rabbitmq"))
+from protomesh.testing import RabbitMQNode
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from acme.orders.v1 import events_pb2, orders_pb2
 
 from protomesh.events import EventHandlers, OutboxRelay, Publisher, Subscriber, event_type, stamp_event
-from protomesh.testing import async_wait_until
-from protomesh.testing._rabbitmq import RabbitMQNode
+from protomesh.testing import RabbitMQNode, async_wait_until
 
 # Reconnection is ~1 s after the node is back, the relay's backoff at most 5 s: this leaves honest slack.
 CATCH_UP_S = 20.0

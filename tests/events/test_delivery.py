@@ -20,8 +20,7 @@ from protomesh.events import (
     Subscriber,
     current_delivery,
 )
-from protomesh.testing import async_wait_until, free_port
-from protomesh.testing._rabbitmq import RabbitMQNode
+from protomesh.testing import RabbitMQNode, async_wait_until, free_port
 
 
 def _created(order_id: str) -> events_pb2.OrderCreated:

@@ -16,8 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from protomesh.testing import ConsulAgent, ManagedProcess, project_root, wait_until
-from protomesh.testing._envoy import EnvoyGateway
+from protomesh.testing import ConsulAgent, EnvoyGateway, ManagedProcess, project_root, wait_until
 
 log = logging.getLogger("gateway-e2e")
 

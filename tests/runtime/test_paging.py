@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from protomesh import ConfigError, ServiceSettings, load_settings
 from protomesh.errors import InvalidArgument
-from protomesh.paging import Cursor, PageLimits, decode_page_token, encode_page_token, list_page
+from protomesh.paging import Cursor, PageLimits, PageSettings, decode_page_token, encode_page_token, list_page
 
 MOMENT = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ListingSettings(PageSettings, ServiceSettings):
+    name: str = "x"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name:
+            raise ValueError("name: must not be empty")
 
 
 def test_a_token_gives_back_its_cursor_exactly() -> None:
@@ -62,7 +75,8 @@ async def test_list_page_walks_every_item_once_in_order() -> None:
         rest = [i for i in items if after is None or (i[0], i[1]) > (after.time, after.id)]
         return rest[:limit]
 
-    seen, token = [], ""
+    seen: list[tuple[datetime, str]] = []
+    token = ""
     while True:
         page = await list_page(fetch, limits=PageLimits(default_size=3), page_size=0, page_token=token,
                                key=lambda i: Cursor(*i))
@@ -72,3 +86,22 @@ async def test_list_page_walks_every_item_once_in_order() -> None:
             break
 
     assert seen == items
+
+
+def test_page_settings_load_from_the_environment_and_give_their_limits(tmp_path: Path) -> None:
+    env = {"LISTING_DEFAULT_PAGE_SIZE": "5", "LISTING_MAX_PAGE_SIZE": "7"}
+
+    settings = load_settings(ListingSettings, "listing", env=env, config_dir=tmp_path)
+
+    assert settings.page_limits == PageLimits(default_size=5, max_size=7)
+
+
+@pytest.mark.parametrize("name", ["max_page_size", "default_page_size"])
+def test_a_page_size_setting_below_one_is_a_config_error_naming_it(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(ListingSettings, "listing", env={f"LISTING_{name.upper()}": "0"}, config_dir=tmp_path)
+
+
+def test_the_settings_own_checks_still_run_after_the_page_checks() -> None:
+    with pytest.raises(ValueError, match="name"):
+        ListingSettings(name="")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from protomesh.sqlite import Database, database_file, from_micros, to_micros
+from protomesh.sqlite import MEMORY, Database, Repository, database_file, from_micros, to_micros
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);"
 
@@ -55,6 +57,7 @@ async def test_concurrent_read_modify_write_transactions_do_not_lose_updates(tmp
             async with db.transaction() as tx:
                 async with tx.execute("SELECT v FROM t WHERE k = 'n'") as cursor:
                     row = await cursor.fetchone()
+                assert row is not None
                 await asyncio.sleep(0)
                 await tx.execute("UPDATE t SET v = ? WHERE k = 'n'", (row[0] + 1,))
 
@@ -63,6 +66,49 @@ async def test_concurrent_read_modify_write_transactions_do_not_lose_updates(tmp
         row = await db.fetch_one("SELECT v FROM t WHERE k = 'n'")
         assert row is not None
         assert row["v"] == 25
+
+
+async def test_write_commits_one_statement_and_returns_its_returning_rows(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "db", SCHEMA) as db:
+        assert await db.write("INSERT INTO t VALUES ('a', 1)") == []
+
+        changed = await db.write("UPDATE t SET v = v + 1 WHERE k = ? RETURNING k, v", ("a",))
+        unchanged = await db.write("DELETE FROM t WHERE k = ? RETURNING k", ("missing",))
+
+        assert [tuple(row) for row in changed] == [("a", 2)]
+        assert unchanged == []
+        assert [tuple(row) for row in await db.fetch_all("SELECT k, v FROM t")] == [("a", 2)]
+
+
+async def test_a_memory_database_is_one_database_for_writer_and_reader_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    async with Database.open(MEMORY, SCHEMA) as db:
+        await db.write("INSERT INTO t VALUES ('a', 1)")
+        assert [tuple(row) for row in await db.fetch_all("SELECT k, v FROM t")] == [("a", 1)]
+        assert await asyncio.to_thread(os.listdir, tmp_path)
+
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []
+    async with Database.open(MEMORY, SCHEMA) as fresh:
+        assert await fresh.fetch_all("SELECT * FROM t") == []
+
+
+class Counters(Repository):
+    SCHEMA = SCHEMA
+
+    async def bump(self, key: str) -> int:
+        rows = await self._db.write("INSERT INTO t VALUES (?, 1) ON CONFLICT (k) DO UPDATE SET v = v + 1 "
+                                    "RETURNING v", (key,))
+        return int(rows[0]["v"])
+
+
+async def test_a_repository_opens_its_schema_and_keeps_its_data_across_a_reopen(tmp_path: Path) -> None:
+    async with Counters.open(tmp_path / "a" / "counters.sqlite3") as counters:
+        assert await counters.bump("x") == 1
+
+    async with Counters.open(tmp_path / "a" / "counters.sqlite3") as reopened:
+        assert await reopened.bump("x") == 2
 
 
 def test_micros_round_trip_exactly() -> None:
@@ -78,3 +124,4 @@ def test_a_relative_database_path_lands_in_the_checkout(tmp_path: Path) -> None:
 
     assert database_file("var/x.db", cwd=tmp_path / "services" / "x") == tmp_path / "var" / "x.db"
     assert database_file("/abs/x.db") == Path("/abs/x.db")
+    assert str(database_file(MEMORY, cwd=tmp_path)) == MEMORY

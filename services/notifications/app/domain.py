@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from protomesh.paging import Cursor, Page, PageLimits
-
 from app.broadcast import Broadcaster, Watch
 from protomesh import paging
 from protomesh.errors import FieldViolation, InvalidArgument
+from protomesh.paging import Cursor, Page, PageLimits
 
 log = logging.getLogger(__name__)
 

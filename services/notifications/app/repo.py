@@ -3,52 +3,40 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from pathlib import Path
-
-from protomesh.paging import Cursor
-from protomesh.sqlite import Database, from_micros, to_micros
+from collections.abc import Sequence
 
 from app.domain import Notification
+from protomesh.paging import Cursor
+from protomesh.sqlite import Repository, from_micros, to_micros
 
-# Times are integer microseconds since the epoch: exact, and they sort the way the list order needs.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS notifications (
-    notification_id TEXT PRIMARY KEY,
-    user_id         TEXT NOT NULL,
-    event_id        TEXT NOT NULL UNIQUE,
-    text            TEXT NOT NULL,
-    create_us       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS notifications_user_list_order ON notifications (user_id, create_us, notification_id);
-"""
 _COLUMNS = "notification_id, user_id, event_id, text, create_us"
 
 
-class SqliteNotificationRepository:
+class SqliteNotificationRepository(Repository):
     """NotificationRepository over SQLite; get one with `async with SqliteNotificationRepository.open(path)`."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, path: str | Path) -> AsyncIterator[SqliteNotificationRepository]:
-        """Open (creating folders and schema as needed) and close on exit."""
-        async with Database.open(path, SCHEMA) as db:
-            yield cls(db)
+    # Times are integer microseconds since the epoch: exact, and they sort the way the list order needs.
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS notifications (
+            notification_id TEXT PRIMARY KEY,
+            user_id         TEXT NOT NULL,
+            event_id        TEXT NOT NULL UNIQUE,
+            text            TEXT NOT NULL,
+            create_us       INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS notifications_user_list_order ON notifications (user_id, create_us, notification_id);
+    """
 
     async def add(self, notification: Notification) -> bool:
         """Insert it; False when a notification for the same event exists (the insert is then a no-op)."""
         values = (notification.notification_id, notification.user_id, notification.event_id, notification.text,
                   to_micros(notification.create_time))
-        async with self._db.transaction() as conn:
-            cursor = await conn.execute(
-                f"INSERT INTO notifications ({_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-                values,
-            )
-            return cursor.rowcount == 1
+        inserted = await self._db.write(
+            f"INSERT INTO notifications ({_COLUMNS}) VALUES (?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING "
+            "RETURNING notification_id",
+            values,
+        )
+        return bool(inserted)
 
     async def list_after(self, after: Cursor | None, *, user_id: str, limit: int) -> Sequence[Notification]:
         """Up to limit of the user's notifications after the cursor, oldest first; ties in time by id."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protomesh.paging import DEFAULT_MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, PageLimits
-from protomesh.sqlite import database_file
-
 from app.broadcast import DEFAULT_WATCH_QUEUE_SIZE
 from protomesh import ServiceSettings
 from protomesh.events import DEFAULT_PREFETCH
+from protomesh.paging import PageSettings
+from protomesh.sqlite import database_file
 
 # Relative paths are resolved against the protomesh checkout (its var/ is git-ignored), see database_file.
 DEFAULT_DATABASE_PATH = "var/notifications/notifications.sqlite3"
@@ -19,27 +18,22 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 @dataclass(frozen=True)
-class NotificationsSettings(ServiceSettings):
+class NotificationsSettings(PageSettings, ServiceSettings):
     """What the notifications service needs beyond every service's server/consul/log settings."""
 
     database_path: str = DEFAULT_DATABASE_PATH
     amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False, metadata={"secret": True})
     prefetch: int = DEFAULT_PREFETCH
     watch_queue_size: int = DEFAULT_WATCH_QUEUE_SIZE
-    default_page_size: int = DEFAULT_PAGE_SIZE
-    max_page_size: int = DEFAULT_MAX_PAGE_SIZE
 
     def __post_init__(self) -> None:
         # Raised while loading (and on a hot reload, which then keeps the last good settings).
-        for name in ("max_page_size", "default_page_size", "prefetch", "watch_queue_size"):
+        super().__post_init__()
+        for name in ("prefetch", "watch_queue_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not self.database_path:
             raise ValueError("database_path: must not be empty")
-
-    @property
-    def page_limits(self) -> PageLimits:
-        return PageLimits(default_size=self.default_page_size, max_size=self.max_page_size)
 
     def database_file(self) -> Path:
         return database_file(self.database_path)

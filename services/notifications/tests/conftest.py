@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,7 @@ import pytest
 from app.broadcast import Broadcaster
 from app.domain import Notification, Notifications
 from app.repo import SqliteNotificationRepository
-
-
-class TickingClock:
-    """Moves 1 ms per reading, so creation order is the list order in every test."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
+from protomesh.testing import SteppingClock
 
 
 @pytest.fixture
@@ -37,5 +26,5 @@ def broadcaster() -> Broadcaster[Notification]:
 
 @pytest.fixture
 def notifications(repo: SqliteNotificationRepository, broadcaster: Broadcaster[Notification]) -> Notifications:
-    return Notifications(repo, broadcaster, clock=TickingClock())
+    return Notifications(repo, broadcaster, clock=SteppingClock())
 

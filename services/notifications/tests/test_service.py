@@ -16,8 +16,8 @@ from acme.notifications.v1 import notifications_service_pb2_grpc
 from app.broadcast import Broadcaster
 from app.domain import Notification, Notifications, OrderCancelled, OrderPlaced
 from app.main import binding
-from protomesh import Server, ServerSettings
-from protomesh.testing import async_wait_until
+from protomesh import ServerSettings
+from protomesh.testing import async_wait_until, serve_bindings
 
 
 @dataclass
@@ -29,14 +29,12 @@ class Served:
 
 @pytest.fixture
 async def served(notifications: Notifications, broadcaster: Broadcaster[Notification]) -> AsyncIterator[Served]:
-    server = Server(ServerSettings(port=0, grace_s=1.0), [binding(notifications)])
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield Served(notifications_service_pb2_grpc.NotificationServiceStub(channel), notifications, broadcaster)
-    finally:
-        broadcaster.close()
-        await server.stop(0)
+    async with serve_bindings(binding(notifications), settings=ServerSettings(port=0, grace_s=1.0)) as served:
+        try:
+            yield Served(notifications_service_pb2_grpc.NotificationServiceStub(served.channel), notifications,
+                         broadcaster)
+        finally:
+            broadcaster.close()
 
 
 def _placed(event_id: str, user_id: str = "u-1") -> OrderPlaced:

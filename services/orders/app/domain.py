@@ -10,10 +10,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from protomesh.paging import Cursor, Page, PageLimits
-
 from protomesh import paging
 from protomesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from protomesh.paging import Cursor, Page, PageLimits
 
 # total_cents is an int64 on the wire; a sum beyond it cannot be represented, so it is refused up front.
 MAX_TOTAL_CENTS = 2**63 - 1

@@ -7,40 +7,14 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 
 import aiosqlite
-from protomesh.paging import Cursor
-from protomesh.sqlite import Database, from_micros, to_micros
 
 from app.domain import LineItem, Order, OrderEvent, OrderState
 from app.mapping import event_to_proto
+from protomesh.paging import Cursor
+from protomesh.sqlite import Database, Repository, from_micros, to_micros
 
-# Line items are a value of their order, never queried on their own: one JSON column keeps a read one row.
-# Times are integer microseconds since the epoch: exact, and they sort the way the list order needs.
-# The outbox keeps published rows (publish_us set) as an audit trail; the partial index keeps the relay's
-# scan proportional to what is still pending.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (
-    order_id    TEXT PRIMARY KEY,
-    user_id     TEXT NOT NULL,
-    line_items  TEXT NOT NULL,
-    total_cents INTEGER NOT NULL,
-    state       TEXT NOT NULL,
-    create_us   INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS orders_list_order ON orders (create_us, order_id);
-CREATE INDEX IF NOT EXISTS orders_user_list_order ON orders (user_id, create_us, order_id);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id   TEXT NOT NULL UNIQUE,
-    event_type TEXT NOT NULL,
-    payload    BLOB NOT NULL,
-    create_us  INTEGER NOT NULL,
-    publish_us INTEGER
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE publish_us IS NULL;
-"""
 _COLUMNS = "order_id, user_id, line_items, total_cents, state, create_us"
 
 
@@ -79,19 +53,38 @@ class _Writer:
         )
 
 
-class SqliteOrderRepository:
+class SqliteOrderRepository(Repository):
     """OrderRepository plus the outbox's storage; get one with `async with SqliteOrderRepository.open(path)`."""
 
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = _utc_now) -> None:
-        self._db = db
-        self._clock = clock
+    # Line items are a value of their order, never queried on their own: one JSON column keeps a read one row.
+    # Times are integer microseconds since the epoch: exact, and they sort the way the list order needs.
+    # The outbox keeps published rows (publish_us set) as an audit trail; the partial index keeps the relay's
+    # scan proportional to what is still pending.
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS orders (
+            order_id    TEXT PRIMARY KEY,
+            user_id     TEXT NOT NULL,
+            line_items  TEXT NOT NULL,
+            total_cents INTEGER NOT NULL,
+            state       TEXT NOT NULL,
+            create_us   INTEGER NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS orders_list_order ON orders (create_us, order_id);
+        CREATE INDEX IF NOT EXISTS orders_user_list_order ON orders (user_id, create_us, order_id);
+        CREATE TABLE IF NOT EXISTS outbox (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id   TEXT NOT NULL UNIQUE,
+            event_type TEXT NOT NULL,
+            payload    BLOB NOT NULL,
+            create_us  INTEGER NOT NULL,
+            publish_us INTEGER
+        );
+        CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE publish_us IS NULL;
+    """
 
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, path: str | Path) -> AsyncIterator[SqliteOrderRepository]:
-        """Open (creating folders and schema as needed) and close on exit."""
-        async with Database.open(path, SCHEMA) as db:
-            yield cls(db)
+    def __init__(self, db: Database, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        super().__init__(db)
+        self._clock = clock
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Writer]:
@@ -127,9 +120,8 @@ class SqliteOrderRepository:
         if not ids:
             return
         marks = ", ".join("?" * len(ids))
-        async with self._db.transaction() as conn:
-            await conn.execute(f"UPDATE outbox SET publish_us = ? WHERE seq IN ({marks})",
-                               (to_micros(self._clock()), *ids))
+        await self._db.write(f"UPDATE outbox SET publish_us = ? WHERE seq IN ({marks})",
+                             (to_micros(self._clock()), *ids))
 
 
 def _order(row: sqlite3.Row) -> Order:

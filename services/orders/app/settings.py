@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from protomesh.paging import DEFAULT_MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, PageLimits
-from protomesh.sqlite import database_file
-
 from protomesh import ServiceSettings
+from protomesh.paging import PageSettings
+from protomesh.sqlite import database_file
 
 # Relative paths are resolved against the protomesh checkout (its var/ is git-ignored), see database_file.
 DEFAULT_DATABASE_PATH = "var/orders/orders.sqlite3"
@@ -19,28 +18,20 @@ DEFAULT_USERS_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
-class OrdersSettings(ServiceSettings):
+class OrdersSettings(PageSettings, ServiceSettings):
     """What the orders service needs beyond every service's server/consul/log settings."""
 
     database_path: str = DEFAULT_DATABASE_PATH
     amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False, metadata={"secret": True})
     users_timeout_s: float = DEFAULT_USERS_TIMEOUT_S
-    default_page_size: int = DEFAULT_PAGE_SIZE
-    max_page_size: int = DEFAULT_MAX_PAGE_SIZE
 
     def __post_init__(self) -> None:
         # Raised while loading (and on a hot reload, which then keeps the last good settings).
-        for name in ("max_page_size", "default_page_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        super().__post_init__()
         if self.users_timeout_s <= 0:
             raise ValueError(f"users_timeout_s: must be positive, got {self.users_timeout_s}")
         if not self.database_path:
             raise ValueError("database_path: must not be empty")
-
-    @property
-    def page_limits(self) -> PageLimits:
-        return PageLimits(default_size=self.default_page_size, max_size=self.max_page_size)
 
     def database_file(self) -> Path:
         return database_file(self.database_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from app.domain import Orders
 from app.repo import SqliteOrderRepository
 from protomesh import Binding
 from protomesh.errors import NotFound, Unavailable
+from protomesh.testing import SteppingClock
 
 KNOWN_USER = "u-1"
 OTHER_USER = "u-2"
@@ -57,17 +57,6 @@ class UsersServicer(users_service_pb2_grpc.UserServiceServicer):
                        users_service_pb2_grpc.add_UserServiceServicer_to_server)
 
 
-class TickingClock:
-    """Moves 1 ms per reading, so creation order is the list order in every test."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2030, 1, 1, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
-
-
 @pytest.fixture
 async def repo(tmp_path: Path) -> AsyncIterator[SqliteOrderRepository]:
     async with SqliteOrderRepository.open(tmp_path / "db" / "orders.sqlite3") as opened:
@@ -81,5 +70,5 @@ def users() -> FakeUsers:
 
 @pytest.fixture
 def orders(repo: SqliteOrderRepository, users: FakeUsers) -> Orders:
-    return Orders(repo, users, clock=TickingClock())
+    return Orders(repo, users, clock=SteppingClock())
 

@@ -11,14 +11,13 @@ import grpc.aio
 import pytest
 from acme.orders.v1 import orders_pb2, orders_service_pb2, orders_service_pb2_grpc
 from conftest import KNOWN_USER, UsersServicer
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from app.clients import GrpcUserDirectory
 from app.domain import Orders
 from app.main import binding
 from app.repo import SqliteOrderRepository
-from protomesh import Server, ServerSettings
+from protomesh import Server
+from protomesh.testing import field_violations, serve_bindings
 
 
 @dataclass
@@ -31,32 +30,16 @@ class Served:
 @pytest.fixture
 async def served(repo: SqliteOrderRepository) -> AsyncIterator[Served]:
     users = UsersServicer(KNOWN_USER)
-    users_server = Server(ServerSettings(port=0), [users.binding()])
-    users_port = await users_server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{users_port}") as users_channel:
-        orders = Orders(repo, GrpcUserDirectory(users_channel, timeout_s=0.5))
-        server = Server(ServerSettings(port=0), [binding(orders)])
-        port = await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                yield Served(orders_service_pb2_grpc.OrderServiceStub(channel), users, users_server)
-        finally:
-            await server.stop(0)
-            await users_server.stop(0)
+    async with serve_bindings(users.binding()) as users_served:
+        orders = Orders(repo, GrpcUserDirectory(users_served.channel, timeout_s=0.5))
+        async with serve_bindings(binding(orders)) as orders_served:
+            yield Served(orders_service_pb2_grpc.OrderServiceStub(orders_served.channel), users, users_served.server)
 
 
 def _create_request(user_id: str = KNOWN_USER, quantity: int = 2) -> orders_service_pb2.CreateOrderRequest:
     items = [orders_pb2.LineItem(sku="sku-1", quantity=quantity, unit_price_cents=1000),
              orders_pb2.LineItem(sku="sku-2", quantity=1, unit_price_cents=500)]
     return orders_service_pb2.CreateOrderRequest(order=orders_pb2.Order(user_id=user_id, line_items=items))
-
-
-def _field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    assert status is not None
-    bad_request = error_details_pb2.BadRequest()
-    assert status.details[0].Unpack(bad_request)
-    return [violation.field for violation in bad_request.field_violations]
 
 
 async def test_create_order_returns_the_placed_order_with_its_total(served: Served) -> None:
@@ -84,7 +67,7 @@ async def test_an_invalid_order_names_each_bad_field_in_the_rich_status(served: 
         await served.stub.CreateOrder(_create_request(quantity=0))
 
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _field_violations(raised.value) == ["order.line_items[0].quantity"]
+    assert field_violations(raised.value) == ["order.line_items[0].quantity"]
 
 
 async def test_an_order_while_users_is_down_is_unavailable(served: Served) -> None:
@@ -143,4 +126,4 @@ async def test_list_orders_with_a_bad_token_names_the_field(served: Served) -> N
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await served.stub.ListOrders(orders_service_pb2.ListOrdersRequest(page_token="garbage"))
 
-    assert _field_violations(raised.value) == ["page_token"]
+    assert field_violations(raised.value) == ["page_token"]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import re
 import unicodedata
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
+from protomesh import paging
 from protomesh.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from protomesh.paging import Cursor, Page, PageLimits
 
 # RFC 5321 caps a path at 256 octets including its angle brackets, leaving 254 for the address,
 # and the part before the @ at 64.
@@ -22,8 +21,6 @@ MAX_EMAIL_LOCAL_LENGTH = 64
 MAX_DISPLAY_NAME_LENGTH = 64
 # Ids are 32 hex digits; anything much longer is garbage that should not reach storage or messages.
 MAX_USER_ID_LENGTH = 64
-DEFAULT_PAGE_SIZE = 20
-DEFAULT_MAX_PAGE_SIZE = 100
 # Fields of User a client may change, in the order an empty update mask applies them.
 MUTABLE_FIELDS = ("email", "display_name")
 _OUTPUT_ONLY_FIELDS = frozenset({"user_id", "create_time", "update_time"})
@@ -33,14 +30,6 @@ _OUTPUT_ONLY_FIELDS = frozenset({"user_id", "create_time", "update_time"})
 _ATOM = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL = re.compile(rf"(?P<local>{_ATOM}(?:\.{_ATOM})*)@(?:{_LABEL}\.)+[a-z](?:[a-z0-9-]{{0,61}}[a-z0-9])")
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-# A token is a checksummed key, not a secret: it only holds a create time and an id the client has
-# already seen. The checksum turns an edited or truncated token into a clear error, not a wrong page.
-_TOKEN_VERSION = "1"
-_TOKEN_DIGEST_SIZE = 8
-_MAX_TOKEN_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,34 +59,6 @@ class UserChanges:
     display_name: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PageKey:
-    """A position in the list order (oldest first, then by id): the last user of a page."""
-
-    create_time: datetime
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """One page of users and the token of the next one ("" on the last page)."""
-
-    users: tuple[User, ...]
-    next_page_token: str
-
-
-@dataclass(frozen=True, slots=True)
-class PageLimits:
-    """Page sizes: what a request with page_size 0 gets, and the cap for larger requests."""
-
-    default_size: int = DEFAULT_PAGE_SIZE
-    max_size: int = DEFAULT_MAX_PAGE_SIZE
-
-    def __post_init__(self) -> None:
-        if self.default_size < 1 or self.max_size < 1:
-            raise ValueError(f"page sizes must be positive, got {self}")
-
-
 class EmailTaken(AlreadyExists):
     """Another user has this email; repositories raise it from their unique constraint."""
 
@@ -116,16 +77,7 @@ class UserRepository(Protocol):
 
     async def delete(self, user_id: str) -> bool: ...
 
-    async def list_after(self, after: PageKey | None, limit: int) -> Sequence[User]: ...
-
-
-def to_micros(moment: datetime) -> int:
-    """Exact microseconds since the Unix epoch (no float rounding), for storage and page keys."""
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    async def list_after(self, after: Cursor | None, limit: int) -> Sequence[User]: ...
 
 
 def _utc_now() -> datetime:
@@ -160,14 +112,10 @@ class Users:
             raise _not_found(user_id)
         return user
 
-    async def list(self, page_size: int, page_token: str) -> Page:
-        size = self._page_size(page_size)
-        after = decode_page_token(page_token) if page_token else None
-        users = tuple(await self.repo.list_after(after, size + 1))
-        if len(users) <= size:
-            return Page(users, "")
-        last = users[size - 1]
-        return Page(users[:size], encode_page_token(PageKey(last.create_time, last.user_id)))
+    async def list(self, page_size: int, page_token: str) -> Page[User]:
+        """Everyone, oldest first (ties by id), one page at a time."""
+        return await paging.list_page(self.repo.list_after, limits=self.limits, page_size=page_size,
+                                      page_token=page_token, key=_cursor)
 
     async def update(self, user_id: str, fields: UserFields, paths: Sequence[str]) -> User:
         violations = _id_violations(user_id, "user.user_id")
@@ -183,47 +131,6 @@ class Users:
         _raise_if(_id_violations(user_id, "user_id"))
         if not await self.repo.delete(user_id):
             raise _not_found(user_id)
-
-    def _page_size(self, requested: int) -> int:
-        if requested < 0:
-            raise InvalidArgument([FieldViolation("page_size", "must not be negative")])
-        limits = self.limits
-        return min(requested or limits.default_size, limits.max_size)
-
-
-def encode_page_token(key: PageKey) -> str:
-    payload = f"{_TOKEN_VERSION}:{to_micros(key.create_time)}:{key.user_id}".encode()
-    raw = payload + _token_digest(payload)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def decode_page_token(token: str) -> PageKey:
-    """The key a token holds; InvalidArgument on `page_token` when it was not made by encode_page_token."""
-    key = _parse_token(token) if len(token) <= _MAX_TOKEN_LENGTH else None
-    if key is None:
-        raise InvalidArgument([FieldViolation("page_token", "is not a token from a previous ListUsers response")])
-    return key
-
-
-def _parse_token(token: str) -> PageKey | None:
-    try:
-        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    payload, digest = raw[:-_TOKEN_DIGEST_SIZE], raw[-_TOKEN_DIGEST_SIZE:]
-    if not payload or digest != _token_digest(payload):
-        return None
-    parts = payload.decode("ascii", errors="replace").split(":", 2)
-    if len(parts) != 3 or parts[0] != _TOKEN_VERSION or not parts[1].isdigit() or not parts[2]:
-        return None
-    try:
-        return PageKey(from_micros(int(parts[1])), parts[2])
-    except OverflowError:  # a forged checksum over a time past year 9999
-        return None
-
-
-def _token_digest(payload: bytes) -> bytes:
-    return hashlib.blake2b(payload, digest_size=_TOKEN_DIGEST_SIZE, person=b"users-page-token").digest()
 
 
 def normalize_email(raw: str) -> str:
@@ -293,6 +200,10 @@ def _id_violations(user_id: str, path: str) -> list[FieldViolation]:
     if len(user_id) > MAX_USER_ID_LENGTH:
         return [FieldViolation(path, f"must be at most {MAX_USER_ID_LENGTH} characters")]
     return []
+
+
+def _cursor(user: User) -> Cursor:
+    return Cursor(user.create_time, user.user_id)
 
 
 def _raise_if(violations: list[FieldViolation]) -> None:

@@ -37,7 +37,7 @@ class UserHandlers:
     ) -> users_service_pb2.ListUsersResponse:
         page = await self._users.list(request.page_size, request.page_token)
         return users_service_pb2.ListUsersResponse(
-            users=[to_message(user) for user in page.users], next_page_token=page.next_page_token
+            users=[to_message(user) for user in page.items], next_page_token=page.next_page_token
         )
 
     async def UpdateUser(

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc.aio
 import pytest
 from acme.users.v1 import users_service_pb2_grpc
 
 from app.domain import Users
 from app.main import binding
 from app.repo import SqliteUserRepository
-from protomesh import Server, ServerSettings
-
-
-class SteppingClock:
-    """A clock that moves 1 ms per reading, so creation order is the list order in every test."""
-
-    def __init__(self, start: datetime = datetime(2030, 1, 1, tzinfo=UTC)) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
-        return self.now
+from protomesh.testing import SteppingClock, serve_bindings
 
 
 @pytest.fixture
@@ -46,11 +33,5 @@ def users(repo: SqliteUserRepository, clock: SteppingClock) -> Users:
 @pytest.fixture
 async def stub(users: Users) -> AsyncIterator[users_service_pb2_grpc.UserServiceStub]:
     """A UserService client talking to the real servicer, served with the runtime's interceptor on port 0."""
-    server = Server(ServerSettings(port=0), [binding(users)])
-    port = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield users_service_pb2_grpc.UserServiceStub(channel)
-    finally:
-        await server.stop(0)
-
+    async with serve_bindings(binding(users)) as served:
+        yield users_service_pb2_grpc.UserServiceStub(served.channel)

@@ -6,17 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.domain import (
-    MAX_DISPLAY_NAME_LENGTH,
-    PageKey,
-    PageLimits,
-    User,
-    UserFields,
-    Users,
-    decode_page_token,
-    encode_page_token,
-)
+from app.domain import MAX_DISPLAY_NAME_LENGTH, User, UserFields, Users
 from protomesh.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from protomesh.paging import Cursor, PageLimits, decode_page_token, encode_page_token
 
 
 def fields(email: str = "ada@example.com", display_name: str = "Ada") -> UserFields:
@@ -197,7 +189,7 @@ async def test_pages_list_every_user_once_oldest_first(users: Users) -> None:
     token, pages = "", 0
     while True:
         page = await users.list(0, token)
-        seen.extend(page.users)
+        seen.extend(page.items)
         pages += 1
         token = page.next_page_token
         if not token:
@@ -213,7 +205,7 @@ async def test_a_full_last_page_has_no_next_token(users: Users) -> None:
     first = await users.list(2, "")
     second = await users.list(2, first.next_page_token)
 
-    assert len(second.users) == 2
+    assert len(second.items) == 2
     assert second.next_page_token == ""
 
 
@@ -221,15 +213,15 @@ async def test_page_size_zero_gets_the_default_and_a_large_one_is_capped(users: 
     await create_many(users, 6)
     users.limits = PageLimits(default_size=2, max_size=4)
 
-    assert len((await users.list(0, "")).users) == 2
-    assert len((await users.list(1000, "")).users) == 4
+    assert len((await users.list(0, "")).items) == 2
+    assert len((await users.list(1000, "")).items) == 4
 
 
 async def test_a_default_above_the_maximum_is_capped_too(users: Users) -> None:
     await create_many(users, 3)
     users.limits = PageLimits(default_size=50, max_size=2)
 
-    assert len((await users.list(0, "")).users) == 2
+    assert len((await users.list(0, "")).items) == 2
 
 
 async def test_a_negative_page_size_is_an_invalid_page_size(users: Users) -> None:
@@ -240,7 +232,7 @@ async def test_a_negative_page_size_is_an_invalid_page_size(users: Users) -> Non
 
 
 def tampered_tokens() -> list[str]:
-    token = encode_page_token(PageKey(datetime(2030, 1, 1, tzinfo=UTC), "0" * 32))
+    token = encode_page_token(Cursor(datetime(2030, 1, 1, tzinfo=UTC), "0" * 32))
     flipped = token[:5] + ("A" if token[5] != "A" else "B") + token[6:]
     return [flipped, token[:-3], token + "AAAA", "not a token!", "e30", "x" * 300]
 
@@ -255,6 +247,6 @@ async def test_a_tampered_page_token_is_an_invalid_page_token(users: Users, toke
 
 async def test_a_page_token_round_trips_its_key(users: Users) -> None:
     user = await users.create(fields())
-    key = PageKey(user.create_time, user.user_id)
+    key = Cursor(user.create_time, user.user_id)
 
     assert decode_page_token(encode_page_token(key)) == key

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import EmailTaken, PageKey, User, UserChanges
+from app.domain import EmailTaken, User, UserChanges
 from app.repo import SqliteUserRepository
+from protomesh.paging import Cursor
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -95,7 +96,7 @@ async def test_paging_is_stable_while_users_are_added(repo: SqliteUserRepository
 
     # Newer users land after the cursor; one with the cursor's exact time but a smaller id lands before it.
     await add_all(repo, user(10), user(11), user(99, at=first[-1].create_time, user_id="0" * 32 + "a"))
-    rest = await repo.list_after(PageKey(first[-1].create_time, first[-1].user_id), 100)
+    rest = await repo.list_after(Cursor(first[-1].create_time, first[-1].user_id), 100)
 
     seen = [one.user_id for one in (*first, *rest)]
     assert seen == [user(n).user_id for n in (0, 1, 2, 3, 4, 10, 11)]
@@ -106,4 +107,4 @@ async def test_list_after_honours_the_limit(repo: SqliteUserRepository) -> None:
     await add_all(repo, *(user(n) for n in range(5)))
 
     assert len(await repo.list_after(None, 2)) == 2
-    assert await repo.list_after(PageKey(T0 + timedelta(seconds=4), user(4).user_id), 2) == []
+    assert await repo.list_after(Cursor(T0 + timedelta(seconds=4), user(4).user_id), 2) == []

@@ -8,26 +8,14 @@ import pytest
 from acme.users.v1 import users_pb2, users_service_pb2
 from acme.users.v1.users_service_pb2_grpc import UserServiceStub
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from protomesh.testing import field_violations
 
 
 async def create(stub: UserServiceStub, email: str = "ada@example.com", name: str = "Ada") -> users_pb2.User:
     request = users_service_pb2.CreateUserRequest(user=users_pb2.User(email=email, display_name=name))
     response: users_service_pb2.CreateUserResponse = await stub.CreateUser(request, timeout=5)
     return response.user
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    """The BadRequest field paths of a failed call's rich status (google.rpc.Status details)."""
-    status = rpc_status.from_call(error)
-    assert status is not None, "the error carries no rich status"
-    paths: list[str] = []
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            paths.extend(violation.field for violation in bad_request.field_violations)
-    return paths
 
 
 async def test_a_created_user_can_be_read_back_with_its_times(stub: UserServiceStub) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.domain import PageLimits
 from app.settings import UsersSettings
 from protomesh import ConfigError, load_settings
+from protomesh.paging import PageLimits
 
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 CHECKOUT = SERVICE_DIR.parents[1]
