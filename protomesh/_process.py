@@ -56,6 +56,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs: a zombie (exited, not yet reaped by its parent) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 def wait_until(
     check: Callable[[], bool], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str, interval: float = 0.05
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from protomesh._mesh.component import get_json
 from protomesh._mesh.runner import state
 from protomesh._mesh.topology import SERVICES, MeshPlan
+from protomesh._process import pid_alive
 
 # `protomesh up` cold-starts RabbitMQ (~9 s) and waits for every instance to pass its health check.
 DETACH_READY_TIMEOUT_S = 120.0
@@ -18,18 +19,10 @@ DETACH_READY_TIMEOUT_S = 120.0
 DOWN_TIMEOUT_S = 90.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def up_detached(plan: MeshPlan) -> int:
     """Start `protomesh up` as a background supervisor and return once the mesh is ready."""
     running = state(plan)
-    if running and running.get("status") == "ready" and _alive(int(str(running["supervisor_pid"]))):
+    if running and running.get("status") == "ready" and pid_alive(int(str(running["supervisor_pid"]))):
         print(f"protomesh: already running (supervisor pid {running['supervisor_pid']})")
         return 0
     plan.state_dir.mkdir(parents=True, exist_ok=True)
@@ -60,14 +53,14 @@ def down(plan: MeshPlan) -> int:
     """Stop a detached mesh: its supervisor stops every component in reverse order."""
     current = state(plan)
     pid = int(str(current["supervisor_pid"])) if current else 0
-    if not pid or not _alive(pid):
+    if not pid or not pid_alive(pid):
         print("protomesh: no mesh is running")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + DOWN_TIMEOUT_S
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _alive(pid):
+    if pid_alive(pid):
         print(f"protomesh: supervisor {pid} still running after {DOWN_TIMEOUT_S:.0f}s", file=sys.stderr)
         return 1
     print("protomesh: stopped")

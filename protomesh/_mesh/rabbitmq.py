@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from protomesh._process import MissingComponentError, free_port, port_open, wait_until
+from protomesh._process import MissingComponentError, free_port, pid_alive, port_open, wait_until
 
 # A RabbitMQ boot takes ~8 s on an idle 2-core machine and over 12 s when other suites share it.
 DEFAULT_START_TIMEOUT_S = 60.0
@@ -109,10 +109,10 @@ class RabbitMQNode:
             return
         os.kill(pid, signal.SIGTERM)
         try:
-            wait_until(lambda: not _alive(pid), timeout=timeout, what=f"{self.node_name} exiting", interval=0.1)
+            wait_until(lambda: not pid_alive(pid), timeout=timeout, what=f"{self.node_name} exiting", interval=0.1)
         except TimeoutError:
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not _alive(pid), timeout=10, what=f"{self.node_name} dying", interval=0.1)
+            wait_until(lambda: not pid_alive(pid), timeout=10, what=f"{self.node_name} dying", interval=0.1)
         self._pid_file.unlink(missing_ok=True)
 
     def restart(self) -> float:
@@ -132,7 +132,7 @@ class RabbitMQNode:
         another process started it, as `protomesh up --detach` does), checked against the node's environment
         so that a stale pid file never makes us signal someone else's process."""
         pid = self._pid or _read_pid(self._pid_file)
-        if pid is None or not _alive(pid):
+        if pid is None or not pid_alive(pid):
             return None
         try:
             environment = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
@@ -151,7 +151,7 @@ class RabbitMQNode:
         if self._pid is None:
             self._pid = _read_pid(self._pid_file)
             return False
-        if not _alive(self._pid):
+        if not pid_alive(self._pid):
             raise RuntimeError(f"RabbitMQ node {self.node_name} exited while starting:\n{self.log_tail()}")
         # The AMQP listener is the last boot step that matters to clients: once it accepts, the node serves.
         # (Polling `rabbitmqctl status` instead costs a ~1.5 s Erlang VM boot per poll.)
@@ -194,18 +194,6 @@ def _read_pid(pid_file: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A detached node is not our child, but a zombie can still linger if it was: treat it as gone.
-    try:
-        return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
-    except (FileNotFoundError, IndexError):
-        return True
 
 
 def rabbitmq_node_fixture(base_dir: Path) -> Iterator[RabbitMQNode]:

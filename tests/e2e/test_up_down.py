@@ -8,16 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from protomesh._process import pid_alive
 from protomesh.testing import port_open, project_root
 from tests.e2e.conftest import mesh_plan
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _protomesh(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -36,10 +29,10 @@ def test_up_detached_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> 
     state = json.loads((plan.state_dir / "state.json").read_text())
     pids = [state["supervisor_pid"], *state["processes"].values()]
     assert set(state["processes"]) >= {"consul", "rabbitmq", "controlplane", "gateway", "orders", "notifications"}
-    assert all(_alive(pid) for pid in pids)
+    assert all(pid_alive(pid) for pid in pids)
 
     down = _protomesh("down", env)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert [pid for pid in pids if _alive(pid)] == []
+    assert [pid for pid in pids if pid_alive(pid)] == []
     ports = vars(plan.ports)
     assert [name for name, port in ports.items() if port_open(port)] == []
