@@ -27,6 +27,9 @@ DEFAULT_NODE_CLUSTER = "protomesh"
 XDS_CLUSTER = "xds"
 # The control plane runs next to Envoy; a connect slower than this means it is down, and Envoy retries.
 XDS_CONNECT_TIMEOUT = "1s"
+# Envoy's default xDS reconnect backoff (0.5 s doubling to 30 s, jittered) left the gateway on its last
+# configuration for up to 9 s after a 2 s control-plane restart (make chaos); the control plane is close by.
+XDS_RETRY_BACK_OFF = {"base_interval": "0.1s", "max_interval": "1s"}
 
 
 def _ads_source() -> dict[str, Any]:
@@ -44,7 +47,9 @@ def build_bootstrap(*, admin_port: int = DEFAULT_ADMIN_PORT, admin_host: str = D
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]},
+                           "grpc_services": [{"envoy_grpc": {
+                               "cluster_name": XDS_CLUSTER,
+                               "retry_policy": {"retry_back_off": XDS_RETRY_BACK_OFF}}}]},
             "cds_config": _ads_source(),
             "lds_config": _ads_source(),
         },

@@ -23,6 +23,10 @@ class DescriptorError(ValueError):
     """The file is not a descriptor set (unreadable or not a FileDescriptorSet)."""
 
 
+# Idempotency levels (google/protobuf/descriptor.proto MethodOptions) under which a call may run twice.
+RETRY_SAFE_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT)
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """The descriptor set's bytes, the full names of its services and a short content hash."""
@@ -30,6 +34,9 @@ class Descriptor:
     data: bytes
     services: tuple[str, ...]
     digest: str
+    # gRPC paths ("/acme.users.v1.UserService/GetUser") of the unary methods the contract marks
+    # `idempotency_level = NO_SIDE_EFFECTS` (or IDEMPOTENT): safe to send again after an instance got them.
+    retry_safe_methods: tuple[str, ...] = ()
 
 
 def parse_descriptor(data: bytes) -> Descriptor:
@@ -46,7 +53,15 @@ def parse_descriptor(data: bytes) -> Descriptor:
         for proto in files.file
         for service in proto.service
     )
-    return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16])
+    retry_safe = sorted(
+        f"/{proto.package + '.' if proto.package else ''}{service.name}/{method.name}"
+        for proto in files.file
+        for service in proto.service
+        for method in service.method
+        if method.options.idempotency_level in RETRY_SAFE_LEVELS
+        and not (method.client_streaming or method.server_streaming)
+    )
+    return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16], tuple(retry_safe))
 
 
 def read_descriptor(path: Path) -> Descriptor:

@@ -17,6 +17,10 @@ ROUTE_CONFIG_NAME = "protomesh"
 # Only failures where the instance cannot have processed the request: safe to retry even for
 # non-idempotent calls such as CreateUser.
 RETRY_ON = "connect-failure,refused-stream,unavailable"
+# Methods the contract marks free of side effects are also retried when the stream was reset after the
+# instance received it (it was killed mid-call, or during the ~10 ms a killed process takes to die):
+# running them twice is harmless.
+RETRY_ON_SAFE_METHOD = f"{RETRY_ON},reset"
 # Two more tries, each on a different instance (previous_hosts), covers one or two dead instances.
 NUM_RETRIES = 2
 # How often Envoy re-picks a host to honour previous_hosts before it settles for a repeat.
@@ -32,11 +36,11 @@ def _duration_ms(milliseconds: int) -> Duration:
     return duration
 
 
-def _retry_policy() -> route_components_pb2.RetryPolicy:
+def _retry_policy(retry_on: str) -> route_components_pb2.RetryPolicy:
     predicate = AnyProto()
     predicate.Pack(previous_hosts_pb2.PreviousHostsPredicate(), deterministic=True)
     return route_components_pb2.RetryPolicy(
-        retry_on=RETRY_ON,
+        retry_on=retry_on,
         num_retries=UInt32Value(value=NUM_RETRIES),
         retry_host_predicate=[route_components_pb2.RetryPolicy.RetryHostPredicate(
             name="envoy.retry_host_predicates.previous_hosts", typed_config=predicate)],
@@ -60,17 +64,23 @@ def _match(grpc_service: str) -> route_components_pb2.RouteMatch:
         prefix=f"/{grpc_service}/", grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
 
 
-def _to_cluster(grpc_service: str, cluster: str, options: GatewayOptions) -> route_components_pb2.Route:
+def _method_match(path: str) -> route_components_pb2.RouteMatch:
+    return route_components_pb2.RouteMatch(path=path, grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
+
+
+def _to_cluster(grpc_service: str, cluster: str, options: GatewayOptions, *, method_path: str = "",
+                ) -> route_components_pb2.Route:
+    """The service's prefix route or, with method_path, the route of one retry-safe method (listed first)."""
     return route_components_pb2.Route(
-        name=grpc_service,
-        match=_match(grpc_service),
+        name=method_path or grpc_service,
+        match=_method_match(method_path) if method_path else _match(grpc_service),
         route=route_components_pb2.RouteAction(
             cluster=cluster,
             # Applies to REST and gRPC alike. grpc_timeout_header_max is not set on purpose: with it, a request
             # without grpc-timeout (every REST request) would get no timeout at all. A gRPC client's deadline
             # still reaches the instance in the grpc-timeout header.
             timeout=_duration_ms(round(options.route_timeout_s * 1000)),
-            retry_policy=_retry_policy()))
+            retry_policy=_retry_policy(RETRY_ON_SAFE_METHOD if method_path else RETRY_ON)))
 
 
 def _no_instance(grpc_service: str) -> route_components_pb2.Route:
@@ -82,14 +92,19 @@ def _no_instance(grpc_service: str) -> route_components_pb2.Route:
 
 
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
-                       ) -> route_pb2.RouteConfiguration:
+                       retry_safe_methods: Sequence[str] = ()) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
     announces answer 503. Only gRPC requests match (`grpc: {}`); anything else gets a JSON 404.
     """
     owners = service_routes(catalog)
-    routes = [_to_cluster(grpc_service, cluster, options) for grpc_service, cluster in sorted(owners.items())]
+    routes = []
+    for grpc_service, cluster in sorted(owners.items()):
+        # Exact-path routes of retry-safe methods go before the service's prefix route, which they refine.
+        routes += [_to_cluster(grpc_service, cluster, options, method_path=path)
+                   for path in sorted(retry_safe_methods) if path.startswith(f"/{grpc_service}/")]
+        routes.append(_to_cluster(grpc_service, cluster, options))
     routes += [_no_instance(s) for s in sorted(set(api_services) - set(owners)) if routable(s)]
     return route_pb2.RouteConfiguration(
         name=ROUTE_CONFIG_NAME,

@@ -77,7 +77,7 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
     """Pure: the same inputs always give the same resources and versions."""
     transcoder = build_transcoder(descriptor.data, transcoded, options)
     listener = build_listener(transcoder, options)
-    routes = build_route_config(catalog, transcoded, options)
+    routes = build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods)
     parts = {
         CLUSTER_TYPE: _by_name((name, build_cluster(svc, options)) for name, svc in catalog.items()),
         ENDPOINT_TYPE: _by_name((name, build_load_assignment(svc)) for name, svc in catalog.items()),

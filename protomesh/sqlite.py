@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import sqlite3
@@ -116,15 +117,25 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
+        """One write transaction: committed when the block ends, rolled back if it raises or is cancelled."""
         async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
             try:
+                # aiosqlite runs each statement on its own thread, and a cancelled await does not stop it:
+                # BEGIN (or COMMIT) may still run after the caller was cancelled (a gRPC client gone, a
+                # consumer's channel closed). Left open, every later BEGIN fails "cannot start a transaction
+                # within a transaction". So everything from BEGIN on is covered by the rollback.
+                await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
+                await self._writer.execute("COMMIT")
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await self._rollback_if_open()
                 raise
-            await self._writer.execute("COMMIT")
+
+    async def _rollback_if_open(self) -> None:
+        """ROLLBACK, queued behind any BEGIN/COMMIT still running, so the next writer never finds one open."""
+        # "no transaction is active" when BEGIN failed or COMMIT went through: nothing to undo.
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self._writer.execute("ROLLBACK")
 
     async def write(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         """One write statement in a transaction of its own; the rows of its RETURNING clause (none without)."""

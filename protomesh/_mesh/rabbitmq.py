@@ -131,7 +131,9 @@ class RabbitMQNode:
         """The pid of this node if it runs: ours, or named by our pid file (start() gave up early, or
         another process started it, as `protomesh up --detach` does), checked against the node's environment
         so that a stale pid file never makes us signal someone else's process."""
-        pid = self._pid or _read_pid(self._pid_file)
+        # A remembered pid that died means the node was stopped and started again (an outage test does it
+        # with another RabbitMQNode of the same node): the pid file names the node running now.
+        pid = self._pid if self._pid is not None and pid_alive(self._pid) else _read_pid(self._pid_file)
         if pid is None or not pid_alive(pid):
             return None
         try:

@@ -16,7 +16,7 @@ from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good
 from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import build_route_config
+from gateway_envoy.routes import RETRY_ON, build_route_config
 from gateway_envoy.snapshot import LISTENER_TYPE, build_snapshot, transcoded_services
 from protomesh.testing import find_binary, project_root
 
@@ -143,3 +143,13 @@ def test_the_committed_bootstraps_are_rendered_by_the_builder_and_envoy_accepts_
     result = subprocess.run([find_binary("envoy"), "--mode", "validate", "-c", str(committed)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_method_free_of_side_effects_gets_its_own_route_that_also_retries_resets() -> None:
+    catalog = {"users": ConsulService("users", ("acme.users.v1.UserService",), (Endpoint("127.0.0.1", 1),))}
+    config = build_route_config(catalog, ["acme.users.v1.UserService"], GatewayOptions(),
+                                ["/acme.users.v1.UserService/GetUser"])
+    method, service = config.virtual_hosts[0].routes
+    assert (method.match.path, method.route.retry_policy.retry_on) == (
+        "/acme.users.v1.UserService/GetUser", f"{RETRY_ON},reset")
+    assert (service.match.prefix, service.route.retry_policy.retry_on) == ("/acme.users.v1.UserService/", RETRY_ON)

@@ -125,3 +125,20 @@ def test_a_relative_database_path_lands_in_the_checkout(tmp_path: Path) -> None:
     assert database_file("var/x.db", cwd=tmp_path / "services" / "x") == tmp_path / "var" / "x.db"
     assert database_file("/abs/x.db") == Path("/abs/x.db")
     assert str(database_file(MEMORY, cwd=tmp_path)) == MEMORY
+
+
+async def test_writes_cancelled_while_they_begin_leave_the_database_writable(tmp_path: Path) -> None:
+    # aiosqlite still runs a statement whose await was cancelled: a BEGIN left open would make every
+    # later write fail with "cannot start a transaction within a transaction" (a gRPC client giving up,
+    # a broker channel closing under a consumer).
+    async with Database.open(tmp_path / "db", SCHEMA) as db:
+        for delay in (0, 0.0001, 0.001):
+            writes = [asyncio.create_task(db.write("INSERT INTO t VALUES (?, 1)", (f"{delay}-{n}",)))
+                      for n in range(4)]
+            await asyncio.sleep(delay)
+            for write in writes:
+                write.cancel()
+            await asyncio.gather(*writes, return_exceptions=True)
+
+        await db.write("INSERT INTO t VALUES ('after', 2)")
+        assert await db.fetch_one("SELECT v FROM t WHERE k = 'after'") is not None
