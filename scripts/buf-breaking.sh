@@ -16,4 +16,4 @@ git archive HEAD~1 protos | tar -x -C "$work"
 cp -r protos/third_party "$work/protos/"
 "$BUF" build "$work/protos" -o "$work/against.binpb"
 "$BUF" build protos -o "$work/current.binpb"
-"$BUF" breaking "$work/current.binpb" --against "$work/against.binpb"
+"$BUF" breaking "$work/current.binpb" --against "$work/against.binpb" --config protos/buf.yaml
