@@ -33,6 +33,7 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
 test: setup protos lint ## Run every test against real Consul, Envoy and RabbitMQ
+	@scripts/bootstrap.sh bench
 	@scripts/test.sh
 
 up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)
@@ -44,6 +45,13 @@ down: ## Stop a mesh started with `protomesh up --detach`
 
 status: ## Show instances, health and gateway routes of the running mesh
 	@$(VENV)/bin/protomesh status
+
+bench: setup protos ## Measure the benchmark figures: bench/results/latest.json + docs/BENCHMARKS.md (ONLY=p1,p7)
+	@scripts/bootstrap.sh bench
+	@$(PY) -m bench $(if $(ONLY),--only $(ONLY))
+
+chaos: setup protos ## Fault suite under load (~4 min): bench/results/chaos.json, docs/RELIABILITY.md (ARGS="--only kill9")
+	@$(PY) -m bench.chaos $(ARGS)
 
 clean: ## Remove generated code and local state (keeps installed tools)
 	rm -rf gen var

@@ -1,165 +1,109 @@
-"""Throughput and server CPU per call of a bare grpc.aio servicer vs the same servicer behind protomesh.Server.
+"""p1: a users-style GetUser on protomesh.Server (default interceptors) vs a bare grpc.aio servicer, on one core.
 
-    .venv/bin/python bench/runtime_overhead.py                  # 3 paired rounds, 5 s per mode, 64 in flight
-    .venv/bin/python bench/runtime_overhead.py --duration 3 --rounds 2 --access-log --echo initial
+    .venv/bin/python -m bench --only p1                                  # into bench/results/latest.json
+    .venv/bin/python -m bench.runtime_overhead --duration 2 --rounds 10  # printed only
+    .venv/bin/python -m bench.runtime_overhead --variant bare="--mode bare" \\
+        --variant uvloop="--mode bare --loop uvloop" --workload list50   # A/B of any bench.grpc_server flags
 
-Each server runs in its own subprocess and is loaded by the same client subprocess (grpc.aio, loopback);
-the ratios are medians over paired rounds (both modes back to back), which cancels drifting machine load.
-Two numbers per mode: req/s (bounded by whichever side saturates first on a shared machine) and server
-CPU microseconds per call (read from /proc, independent of the client's speed): the second is the one to
-trust when the client is the bottleneck.
+All servers run side by side pinned to the server core; the load generator (ghz, else bench/_pyload.py)
+runs on the other core and keeps each server saturated in turn. Two numbers per server: req/s (the
+figure; meaningful because the server's core is the bottleneck) and server CPU µs per call (from /proc,
+independent of the client's speed). Ratios are medians over many short paired rounds: on a shared machine
+the load swings within seconds, and only neighbouring measurements see the same load.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
-import statistics
-import subprocess
+import contextlib
+import shlex
 import sys
-import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-import grpc
-import grpc.aio
-from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
+from bench import grpc_server
+from bench._core import Figure, Options, Outcome, Target
+from bench._load import grpc_load
+from bench._measure import Sample, cpu_us, described, measured, median_ratio, paired_rounds, rps
+from bench._proc import SERVER_CPU, free_port, python_argv, started
+from bench._rows import LIST_SIZE, TINY_ID
 
-MODES = ("bare", "protomesh")
-_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
-class _Users(users_service_pb2_grpc.UserServiceServicer):
-    """GetUser-style work: read the id, build a small response."""
-
-    async def GetUser(self, request: Any, context: Any) -> Any:
-        user = users_pb2.User(user_id=request.user_id, email="ada@example.com", display_name="Ada")
-        return users_service_pb2.GetUserResponse(user=user)
+# Calls in flight over one connection: enough to keep a Python server's core busy while ghz waits.
+CONCURRENCY = 50
+DEFAULT_VARIANTS = {"bare": ("--mode", "bare"), "protomesh": ("--mode", "protomesh")}
+CALLS = {"tiny": (grpc_server.GET_USER, {"user_id": TINY_ID}),
+         "list50": (grpc_server.LIST_USERS, {"page_size": LIST_SIZE})}
 
 
-async def _serve(mode: str, echo: str) -> None:
-    from protomesh._interceptors import ProtomeshInterceptor
-    from protomesh._server import SERVER_OPTIONS, Binding, Server
-    from protomesh._settings import ServerSettings
-
-    if mode == "bare":
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        users_service_pb2_grpc.add_UserServiceServicer_to_server(_Users(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-    else:
-        binding = Binding(users_service_pb2.DESCRIPTOR.services_by_name["UserService"], _Users(),
-                          users_service_pb2_grpc.add_UserServiceServicer_to_server)
-        interceptor = ProtomeshInterceptor(echo="initial" if echo == "initial" else "trailing")
-        protomesh_server = Server(ServerSettings(port=0), [binding], interceptors=[interceptor])
-        port = await protomesh_server.start()
-    sys.stdout.write(f"{port}\n")
-    sys.stdout.flush()
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # parent closes stdin to stop
+def measure_variants(log_dir: Path, variants: Mapping[str, Sequence[str]], *, duration: float, rounds: int,
+                     warmup: float, workload: str = "tiny") -> dict[str, list[Sample]]:
+    """Paired rounds against one bench.grpc_server per variant (its flags), all pinned to the server core."""
+    call, data = CALLS[workload]
+    with contextlib.ExitStack() as stack:
+        subjects: dict[str, Callable[[], Sample]] = {}
+        for name, flags in variants.items():
+            port = free_port()
+            argv = python_argv("bench.grpc_server", "--port", str(port), *flags)
+            server = stack.enter_context(started(f"grpc-{name}", argv, log_dir=log_dir, cpu=SERVER_CPU, port=port))
+            subjects[name] = _subject(server.pid, f"127.0.0.1:{port}", call, data, duration)
+            if warmup:
+                grpc_load(f"127.0.0.1:{port}", call, data, duration=warmup, concurrency=CONCURRENCY)
+        return paired_rounds(subjects, rounds)
 
 
-async def _load(port: int, duration: float, concurrency: int, warmup: float) -> None:
-    done = 0
-    measuring = False
+def _subject(pid: int, target: str, call: str, data: Mapping[str, object], duration: float) -> Callable[[], Sample]:
+    def run() -> Sample:
+        return measured([pid], lambda: grpc_load(target, call, data, duration=duration, concurrency=CONCURRENCY))
 
-    async def worker(stub: Any, stop_at: float) -> None:
-        nonlocal done
-        request = users_service_pb2.GetUserRequest(user_id="u-1")
-        while time.monotonic() < stop_at:
-            await stub.GetUser(request, timeout=10)
-            if measuring:
-                done += 1
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = users_service_pb2_grpc.UserServiceStub(channel)
-        started = time.monotonic()
-        stop_at = started + warmup + duration
-        tasks = [asyncio.create_task(worker(stub, stop_at)) for _ in range(concurrency)]
-        await asyncio.sleep(warmup)
-        measuring = True
-        sys.stdout.write("start\n")
-        sys.stdout.flush()
-        await asyncio.gather(*tasks)
-    sys.stdout.write(f"{done}\n")
-    sys.stdout.flush()
+    return run
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S  # utime + stime
+def run(options: Options) -> Outcome:
+    samples = measure_variants(options.work_dir / "p1", DEFAULT_VARIANTS, duration=options.pick(2.0, 1.0),
+                               rounds=options.count(10, 1), warmup=options.pick(1.0, 0.0))
+    bare, subject = samples["bare"], samples["protomesh"]
+    return Outcome(
+        values={"p1_runtime_vs_bare": round(median_ratio(subject, bare, rps), 3)},
+        baseline={"what": "bare grpc.aio servicer, same server options", **described(bare)},
+        subject={"what": "protomesh.Server, default interceptors (no access log: level WARNING)",
+                 **described(subject)},
+        commands=[bare[0].load.command],
+        notes=[f"server CPU efficiency (bare µs ÷ protomesh µs per call): "
+               f"{median_ratio(bare, subject, cpu_us):.3f}"],
+    )
 
 
-def _measure(mode: str, args: argparse.Namespace) -> tuple[float, float]:
-    """(req/s, server CPU µs per call) of one mode."""
-    me = [sys.executable, __file__]
-    serve_argv = [*me, "--serve", mode, "--echo", args.echo, *(["--access-log"] if args.access_log else [])]
-    server = subprocess.Popen(serve_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline())
-        load_argv = [*me, "--load", str(port), "--duration", str(args.duration),
-                     "--concurrency", str(args.concurrency), "--warmup", str(args.warmup)]
-        client = subprocess.Popen(load_argv, stdout=subprocess.PIPE, text=True)
-        assert client.stdout is not None
-        assert client.stdout.readline().strip() == "start"
-        cpu_before, wall_before = _cpu_seconds(server.pid), time.monotonic()
-        calls = int(client.stdout.readline())
-        cpu_after, wall_after = _cpu_seconds(server.pid), time.monotonic()
-        client.wait(timeout=30)
-        return calls / (wall_after - wall_before), (cpu_after - cpu_before) / calls * 1e6
-    finally:
-        if server.stdin is not None:  # the server exits when its stdin closes
-            server.stdin.close()
-        server.wait(timeout=30)
+FIGURE = Figure("p1", "protomesh runtime vs bare grpc.aio (GetUser, req/s, 1 server core)",
+                {"p1_runtime_vs_bare": Target(">=", 0.90)}, run)
+
+
+def _variant(text: str) -> tuple[str, list[str]]:
+    name, _, flags = text.partition("=")
+    if not name or not flags:
+        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS, got {text!r}")
+    return name, shlex.split(flags)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per mode and round")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
-    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight")
-    parser.add_argument("--rounds", type=int, default=3, help="paired measurements of both modes")
-    parser.add_argument("--access-log", action="store_true", help="protomesh mode logs every call (INFO)")
-    parser.add_argument("--echo", choices=("trailing", "initial"), default="trailing",
-                        help="where protomesh mode echoes the correlation id (ProtomeshInterceptor(echo=...))")
-    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--load", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--duration", type=float, default=2.0, help="measured seconds per server and round")
+    parser.add_argument("--rounds", type=int, default=10, help="paired rounds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per server first")
+    parser.add_argument("--workload", choices=tuple(CALLS), default="tiny")
+    parser.add_argument("--variant", type=_variant, action="append",
+                        help="NAME=FLAGS for bench.grpc_server (repeat; the first is the baseline; "
+                             "default: bare and protomesh)")
     args = parser.parse_args()
-    if args.serve:
-        if args.access_log:  # what a service at log_level INFO does: one line per call (to /dev/null here)
-            logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
-        asyncio.run(_serve(args.serve, args.echo))
-        return
-    if args.load:
-        asyncio.run(_load(args.load, args.duration, args.concurrency, args.warmup))
-        return
-    _report([_paired_round(number, args) for number in range(args.rounds)])
+    variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
+    samples = measure_variants(Options().work_dir / "runtime_overhead", variants, duration=args.duration,
+                               rounds=args.rounds, warmup=args.warmup, workload=args.workload)
+    baseline = samples[next(iter(variants))]
+    for name, runs in samples.items():
+        medians = described(runs)
+        sys.stdout.write(f"{name:>12}: {medians['median_rps']:8.0f} req/s  {medians['median_server_cpu_us']:7.1f} "
+                         f"µs/call  | vs first: {median_ratio(runs, baseline, rps):.3f} req/s, "
+                         f"{median_ratio(baseline, runs, cpu_us):.3f} CPU efficiency\n")
 
-
-def _paired_round(number: int, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
-    # Both modes back to back, in alternating order: on a shared machine the load drifts, and a ratio of
-    # two neighbouring measurements cancels most of that drift.
-    order = MODES if number % 2 == 0 else MODES[::-1]
-    measured = {mode: _measure(mode, args) for mode in order}
-    (bare_rps, bare_cpu), (pm_rps, pm_cpu) = measured["bare"], measured["protomesh"]
-    sys.stdout.write(f"round {number + 1}: bare {bare_rps:6.0f} req/s {bare_cpu:5.0f} us/call | protomesh "
-                     f"{pm_rps:6.0f} req/s {pm_cpu:5.0f} us/call | ratio {pm_rps / bare_rps:.3f} "
-                     f"throughput {bare_cpu / pm_cpu:.3f} CPU\n")
-    sys.stdout.flush()
-    return measured
-
-
-def _report(rounds: list[dict[str, tuple[float, float]]]) -> None:
-    throughput = statistics.median(r["protomesh"][0] / r["bare"][0] for r in rounds)
-    cpu = statistics.median(r["bare"][1] / r["protomesh"][1] for r in rounds)
-    for mode in MODES:
-        rps = statistics.median(r[mode][0] for r in rounds)
-        cpu_us = statistics.median(r[mode][1] for r in rounds)
-        sys.stdout.write(f"{mode:>10}: {rps:8.0f} req/s   server CPU {cpu_us:6.1f} us/call   (medians)\n")
-    sys.stdout.write(f"     ratio: {throughput:.3f} throughput   {cpu:.3f} CPU efficiency   "
-                     f"(median of {len(rounds)} paired rounds)\n")
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl (grpcurl only on request)
+# Steps: venv envoy consul rabbitmq compose buf googleprotos; on request: grpcurl (make up), bench (make bench)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -18,6 +18,7 @@ CONSUL_DEB_SHA256=e4e888bba104daba1d9161f49bfc52649a7e4efd45b1a7ead5bc54f2cb9c89
 ENVOY_VERSION=1.40.0
 BUF_VERSION=1.75.0
 GRPCURL_VERSION=v1.9.3
+GHZ_VERSION=v0.120.0
 
 step() { printf '==> %s\n' "$*"; }
 ok() { printf '    %s\n' "$*"; }
@@ -158,13 +159,35 @@ step_grpcurl() {
   ok "installed"
 }
 
+# Only for `make bench` (and the p2 smoke check): FastAPI's side and py-spy in their own venv, so they never
+# enter the project's dependencies; ghz and wrk as load generators (bench falls back to Python ones).
+step_bench() {
+  step "bench tools (.tools/bench-venv: requirements-bench.txt; ghz $GHZ_VERSION; wrk)"
+  local venv="$TOOLS/bench-venv" want stamp="$TOOLS/bench-venv/.protomesh-stamp"
+  want=$(sha256sum "$ROOT/requirements-bench.txt" | cut -d' ' -f1)
+  if fresh "$stamp" "$want"; then ok "bench venv up to date"; else
+    [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+    quietly "$venv/bin/python" -m pip install -q -r "$ROOT/requirements-bench.txt"
+    echo "$want" >"$stamp"
+    ok "bench venv installed"
+  fi
+  if [ -x "$TOOLS/bin/ghz" ]; then ok "ghz installed"
+  elif type -P go >/dev/null; then
+    quietly env GOBIN="$TOOLS/bin" go install "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+    ok "ghz $GHZ_VERSION"
+  else ok "go missing: no ghz (bench uses its Python gRPC load generator)"; fi
+  if type -P wrk >/dev/null; then ok "wrk installed"
+  elif as_root; then apt_install wrk; ok "wrk installed"
+  else ok "wrk missing and not root (bench uses its Python HTTP load generator)"; fi
+}
+
 main() {
   local steps=("$@")
   [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose buf googleprotos)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl)" ;;
+      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench)" ;;
     esac
   done
 }

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from acme.notifications.v1 import notifications_pb2
 from acme.orders.v1 import events_pb2
 
 from app.domain import Notification, OrderCancelled, OrderPlaced
+from protomesh.convert import timestamp
 
 
 def placed_from_proto(event: events_pb2.OrderCreated) -> OrderPlaced:
@@ -28,5 +27,5 @@ def notification_to_proto(notification: Notification) -> notifications_pb2.Notif
         user_id=notification.user_id,
         event_id=notification.event_id,
         text=notification.text,
-        create_time=notification.create_time.astimezone(UTC),
+        create_time=timestamp(notification.create_time),
     )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from acme.orders.v1 import events_pb2, orders_pb2
 from google.protobuf.message import Message
 
 from app.domain import LineItem, Order, OrderCancelled, OrderCreated, OrderDraft, OrderEvent, OrderState
+from protomesh.convert import timestamp
 
 _STATES = {
     OrderState.CREATED: orders_pb2.ORDER_STATE_CREATED,
@@ -23,7 +22,7 @@ def order_to_proto(order: Order) -> orders_pb2.Order:
                     for i in order.line_items],
         total_cents=order.total_cents,
         state=_STATES[order.state],
-        create_time=order.create_time.astimezone(UTC),
+        create_time=timestamp(order.create_time),
     )
 
 
@@ -36,8 +35,8 @@ def draft_from_proto(order: orders_pb2.Order) -> OrderDraft:
 def event_to_proto(event: OrderEvent) -> Message:
     """The message published for an event; its full name is the routing key."""
     if isinstance(event, OrderCreated):
-        return events_pb2.OrderCreated(event_id=event.event_id, event_time=event.event_time.astimezone(UTC),
+        return events_pb2.OrderCreated(event_id=event.event_id, event_time=timestamp(event.event_time),
                                        order=order_to_proto(event.order))
     assert isinstance(event, OrderCancelled)
-    return events_pb2.OrderCancelled(event_id=event.event_id, event_time=event.event_time.astimezone(UTC),
+    return events_pb2.OrderCancelled(event_id=event.event_id, event_time=timestamp(event.event_time),
                                      order=order_to_proto(event.order), reason=event.reason)

@@ -8,6 +8,7 @@ import grpc.aio
 from acme.users.v1 import users_pb2, users_service_pb2
 
 from app.domain import User, UserFields, Users
+from protomesh.convert import timestamp
 
 # Domain errors raised below become gRPC statuses (with BadRequest field violations) in the runtime's
 # interceptor, so no handler catches anything.
@@ -58,8 +59,8 @@ def to_message(user: User) -> users_pb2.User:
         user_id=user.user_id,
         email=user.email,
         display_name=user.display_name,
-        create_time=user.create_time,
-        update_time=user.update_time,
+        create_time=timestamp(user.create_time),
+        update_time=timestamp(user.update_time),
     )
 
 

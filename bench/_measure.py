@@ -1,0 +1,75 @@
+"""Side-by-side measurement: server CPU per request around a load run, and paired rounds that cancel drift."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench._load import LoadResult
+from bench._proc import cpu_seconds
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One load run against one server: the load result and the server's CPU seconds over it."""
+
+    load: LoadResult
+    cpu_s: float
+
+    @property
+    def cpu_us(self) -> float:
+        """Server CPU microseconds per answered request (user + system, all threads)."""
+        return self.cpu_s / self.load.requests * 1e6 if self.load.requests else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.load.summary(), "server_cpu_s": round(self.cpu_s, 3), "server_cpu_us": round(self.cpu_us, 1)}
+
+
+def measured(pids: Sequence[int], load: Callable[[], LoadResult]) -> Sample:
+    """Run `load` and charge the CPU the given server processes spent meanwhile to it."""
+    before = sum(cpu_seconds(pid) for pid in pids)
+    result = load()
+    after = sum(cpu_seconds(pid) for pid in pids)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} failed requests in: {result.command}")
+    return Sample(result, after - before)
+
+
+def paired_rounds(subjects: Mapping[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
+    """Every subject once per round, the order reversed every other round.
+
+    On a shared machine the load drifts; a ratio of two neighbouring measurements cancels most of it, and
+    alternating the order cancels what is left of "who went first".
+    """
+    names = list(subjects)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for number in range(rounds):
+        for name in names if number % 2 == 0 else names[::-1]:
+            samples[name].append(subjects[name]())
+    return samples
+
+
+def median_ratio(numerators: Sequence[Sample], denominators: Sequence[Sample],
+                 metric: Callable[[Sample], float]) -> float:
+    """Median over rounds of metric(numerator) / metric(denominator), pairing round with round."""
+    return statistics.median(metric(n) / metric(d) for n, d in zip(numerators, denominators, strict=True))
+
+
+def described(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Medians plus every round's raw numbers, for the JSON detail."""
+    return {
+        "median_rps": round(statistics.median(s.load.rps for s in samples), 1),
+        "median_server_cpu_us": round(statistics.median(s.cpu_us for s in samples), 1),
+        "median_p50_ms": round(statistics.median(s.load.p50_ms for s in samples), 3),
+        "rounds": [s.summary() for s in samples],
+    }
+
+
+def rps(sample: Sample) -> float:
+    return sample.load.rps
+
+
+def cpu_us(sample: Sample) -> float:
+    return sample.cpu_us

@@ -1,0 +1,110 @@
+"""p8: `protomesh up --detach` from nothing running to every service healthy and REST answering, then `protomesh down`.
+
+Runs the lead's runner in a checkout of its own (a folder of symlinks to this one), so its state, logs
+and databases start empty (a cold start, RabbitMQ's first boot included) and never touch var/mesh of a
+mesh someone else runs; every published port is a free one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
+from bench._gateway import poll
+from bench._proc import free_port
+
+# What `protomesh up` needs from a checkout; everything it writes goes to <root>/var/mesh.
+LINKED = ("Makefile", "protos", "services", "gen", "config", "pyproject.toml")
+PORT_VARIABLES = ("GATEWAY_PORT", "ENVOY_ADMIN_PORT", "XDS_PORT", "CONSUL_PORT", "AMQP_PORT")
+UP_TIMEOUT_S = 180.0
+DOWN_TIMEOUT_S = 120.0
+_HEALTHY = re.compile(r"^\s+(\S+)\s+healthy after\s+([\d.]+)s", re.MULTILINE)
+
+
+def _checkout(base: Path) -> Path:
+    shutil.rmtree(base, ignore_errors=True)
+    base.mkdir(parents=True)
+    for name in LINKED:
+        (base / name).symlink_to(ROOT / name)
+    return base
+
+
+def _protomesh() -> list[str]:
+    script = Path(sys.executable).parent / "protomesh"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "protomesh.cli"]
+
+
+def _mesh_node_running() -> bool:
+    """Whether an Erlang node named `protomesh` (the runner's fixed RabbitMQ node name) is up already."""
+    epmd = shutil.which("epmd")
+    if epmd is None:
+        return False
+    names = subprocess.run([epmd, "-names"], capture_output=True, text=True, check=False, timeout=10).stdout
+    return re.search(r"^name protomesh at port", names, re.MULTILINE) is not None
+
+
+def _rest_answers(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users", timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+def _run(argv: list[str], root: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _cycle(root: Path, env: dict[str, str], gateway_port: int) -> dict[str, Any]:
+    """One `up --detach` -> REST answering -> `down`; the seconds of each step."""
+    up, down = [*_protomesh(), "up", "--detach"], [*_protomesh(), "down"]
+    began = time.perf_counter()
+    try:
+        started = _run(up, root, env, UP_TIMEOUT_S)
+        up_s = time.perf_counter() - began
+        if started.returncode != 0:
+            raise NotRun(f"`protomesh up --detach` failed ({started.returncode}): "
+                         f"{(started.stdout + started.stderr)[-600:]}", missing="mesh runner")
+        answered = poll(lambda: _rest_answers(gateway_port), timeout=60, what="REST via the gateway", interval=0.02)
+    finally:
+        stopping = time.perf_counter()
+        stopped = _run(down, root, env, DOWN_TIMEOUT_S)
+        down_s = time.perf_counter() - stopping
+    return {"total_s": round(answered - began, 2), "up_returned_s": round(up_s, 2),
+            "components_healthy_after_s": {name: float(s) for name, s in _HEALTHY.findall(started.stdout)},
+            "down_s": round(down_s, 2), "down_exit": stopped.returncode}
+
+
+def run(options: Options) -> Outcome:
+    if _mesh_node_running():
+        raise NotRun("a RabbitMQ node named 'protomesh' is running (someone's `protomesh up`); the runner's "
+                     "fixed node name would clash", missing="quiet machine")
+    root = _checkout(options.work_dir / "p8" / "checkout")
+    ports = {name: free_port() for name in PORT_VARIABLES}
+    # consul and envoy from the project's .tools/bin, as scripts/test.sh puts them on PATH.
+    env = {**os.environ, **{name: str(port) for name, port in ports.items()},
+           "PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cold = _cycle(root, env, ports["GATEWAY_PORT"])
+    warm = _cycle(root, env, ports["GATEWAY_PORT"])  # the state a previous `up` left: RabbitMQ's data exists
+    setting = " ".join(f"{name}={port}" for name, port in ports.items())
+    return Outcome(
+        values={"p8_up_cold_s": cold["total_s"]},
+        subject={"what": "`protomesh up --detach` in a fresh checkout (no state) until GET /v1/users answers 200",
+                 "cold": cold, "warm_second_up": warm},
+        commands=[f"cd {root} && {setting} {shlex.join([*_protomesh(), 'up', '--detach'])}",
+                  f"curl http://127.0.0.1:{ports['GATEWAY_PORT']}/v1/users", shlex.join([*_protomesh(), "down"])],
+        notes=[f"second `up` with the state the first one left (warm): {warm['total_s']} s"],
+    )
+
+
+FIGURE = Figure("p8", "`protomesh up` cold start to REST answering", {"p8_up_cold_s": Target("<=", 10, " s")}, run)
