@@ -25,6 +25,8 @@ class Component:
     url: str = ""
     stop_timeout_s: float = 15.0
     on_stop: Callable[[], Awaitable[None]] | None = None
+    # Name of the first component that needs this one healthy: it then starts in the background meanwhile.
+    needed_by: str = ""
     # The pid of what runs outside `process` (a detached RabbitMQ node), for the state file.
     detached_pid: Callable[[], int | None] | None = None
     started_at: float = field(default=0.0)

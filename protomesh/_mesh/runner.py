@@ -26,12 +26,17 @@ class Mesh:
         self.plan = plan
         self.started: list[Component] = []
         self.timings: dict[str, float] = {}
+        # Components starting in the background, by the name of the first component that needs them.
+        self._pending: dict[str, list[asyncio.Task[float]]] = {}
 
     async def __aenter__(self) -> Mesh:
         try:
             for group in mesh_components(self.plan):
                 await self._start_group(group)
+            await self._await_pending(list(self._pending))
         except BaseException:
+            for task in (t for tasks in self._pending.values() for t in tasks):
+                task.cancel()
             await self.stop()
             raise
         self._write_state("ready")
@@ -41,12 +46,24 @@ class Mesh:
         await self.stop()
 
     async def _start_group(self, group: list[Component]) -> None:
-        """Components in one group start concurrently (e.g. the instances of a service)."""
+        """Components in one group start concurrently (e.g. the instances of a service); one with
+        `needed_by` starts in the background and is waited for just before the component that needs it."""
+        await self._await_pending([c.name for c in group])
         self.started.extend(group)
-        durations = await asyncio.gather(*(c.start() for c in group))
-        for component, seconds in zip(group, durations, strict=True):
-            self.timings[component.name] = seconds
-            print(f"    {component.name:<16} healthy after {seconds:5.1f}s", flush=True)
+        for component in (c for c in group if c.needed_by):
+            task = asyncio.create_task(self._timed(component))
+            self._pending.setdefault(component.needed_by, []).append(task)
+        await asyncio.gather(*(self._timed(c) for c in group if not c.needed_by))
+
+    async def _await_pending(self, names: list[str]) -> None:
+        tasks = [task for name in names for task in self._pending.pop(name, [])]
+        await asyncio.gather(*tasks)
+
+    async def _timed(self, component: Component) -> float:
+        seconds = await component.start()
+        self.timings[component.name] = seconds
+        print(f"    {component.name:<16} healthy after {seconds:5.1f}s", flush=True)
+        return seconds
 
     async def stop(self) -> None:
         """Stop every started component, newest first; a failing stop does not keep others running."""

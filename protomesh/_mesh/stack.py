@@ -9,7 +9,7 @@ import sys
 from protomesh._mesh.component import Component, get_json, polled
 from protomesh._mesh.consul import ConsulAgent
 from protomesh._mesh.rabbitmq import RabbitMQNode
-from protomesh._mesh.topology import SERVICES, MeshPlan
+from protomesh._mesh.topology import EVENT_SERVICES, MeshPlan
 from protomesh._process import ManagedProcess, find_binary, port_open
 
 
@@ -35,7 +35,9 @@ def rabbitmq(plan: MeshPlan) -> Component:
     async def stop_node() -> None:
         await asyncio.to_thread(node.stop)
 
-    return Component("rabbitmq", None, start_node, url=url, on_stop=stop_node, detached_pid=node.pid)
+    # RabbitMQ's boot (~8 s) overlaps the gateway and users; the first consumer waits for it.
+    return Component("rabbitmq", None, start_node, url=url, on_stop=stop_node, detached_pid=node.pid,
+                     needed_by=EVENT_SERVICES[0])
 
 
 def controlplane(plan: MeshPlan) -> Component:
@@ -107,7 +109,8 @@ def seed(plan: MeshPlan) -> Component:
 
 
 def mesh_components(plan: MeshPlan) -> list[list[Component]]:
-    """Start groups in order: infrastructure, config, gateway, then each service's instances."""
-    groups = [[consul(plan), rabbitmq(plan)], [seed(plan), controlplane(plan)], [gateway(plan)]]
-    groups += [service_instances(plan, service) for service in SERVICES]
+    """Start groups in order: infrastructure, then config and the gateway, users, then the event services."""
+    groups = [[consul(plan), rabbitmq(plan)], [seed(plan), controlplane(plan), gateway(plan)]]
+    groups.append(service_instances(plan, "users"))
+    groups.append([instance for service in EVENT_SERVICES for instance in service_instances(plan, service)])
     return groups

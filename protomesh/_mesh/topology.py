@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-# The example domain's services in start order: orders calls users, and notifications declares its queue
-# before orders publishes (an event no queue is bound to yet is dropped by the broker).
+# The example domain's services; orders calls users, so users starts first. Orders and notifications
+# start together: the outbox relay keeps an event until a consumer group's queue is bound for it.
 SERVICES = ("users", "notifications", "orders")
 # Services that publish or consume events and so need the broker's address.
 EVENT_SERVICES = ("orders", "notifications")

@@ -24,6 +24,10 @@ def main() -> None:
     run(SERVICE, NotificationsSettings, build)
 
 
+# How long start-up waits for the consumer to bind its queue before serving anyway.
+STARTUP_CONSUME_WAIT_S = 3.0
+
+
 async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
     """Open the store and the broadcaster, then consume: at shutdown the consumer stops first (reverse order)."""
     settings = ctx.settings
@@ -32,8 +36,14 @@ async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
     # Open watches end with OK when shutdown begins, instead of being cancelled when the grace runs out.
     ctx.before_server_stop(broadcaster.close)
     notifications = Notifications(repo, broadcaster, limits=settings.page_limits)
-    await ctx.enter(Subscriber(settings.amqp_url, group=CONSUMER_GROUP, handlers=event_handlers(notifications),
-                               prefetch=settings.prefetch))
+    subscriber = await ctx.enter(Subscriber(settings.amqp_url, group=CONSUMER_GROUP,
+                                            handlers=event_handlers(notifications), prefetch=settings.prefetch))
+    try:
+        # Passing in Consul then also means "consuming" whenever the broker is up; a broker that is down
+        # must not keep the service from serving what it has stored, so this wait is bounded.
+        await subscriber.wait_ready(timeout=STARTUP_CONSUME_WAIT_S)
+    except TimeoutError as exc:
+        log.warning("serving without consuming yet: %s", exc)
 
     def follow(current: NotificationsSettings) -> None:
         if current.page_limits != notifications.limits:
