@@ -19,6 +19,7 @@ from protomesh import _interceptors
 from protomesh._context import CORRELATION_ID_KEY
 from protomesh._server import Server
 from protomesh._settings import ServerSettings
+from protomesh.testing import async_wait_until
 
 CID_IN_MESSAGE = re.compile(r"^internal error \(correlation id: ([0-9a-f]{16})\)$")
 
@@ -151,11 +152,14 @@ async def test_the_access_log_has_one_line_per_call_with_method_code_and_correla
     await served.users.GetUser(_get("u-1"), metadata=((CORRELATION_ID_KEY, "cid-ok"),))
     await _failed_call(served.users.GetUser(_get("missing"), metadata=((CORRELATION_ID_KEY, "cid-missing"),)))
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "protomesh.access"]
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "protomesh.access"]
 
-    assert len(lines) == 2
-    assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser OK \d+\.\d\dms cid=cid-ok", lines[0])
-    assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser NOT_FOUND \d+\.\d\dms cid=cid-missing", lines[1])
+    # A failed call's line is written once its status is sent, so it may land just after the client has it.
+    await async_wait_until(lambda: len(lines()) >= 2, timeout=2, what="the failed call's access log line")
+    assert len(lines()) == 2
+    assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser OK \d+\.\d\dms cid=cid-ok", lines()[0])
+    assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser NOT_FOUND \d+\.\d\dms cid=cid-missing", lines()[1])
 
 
 async def test_nothing_is_logged_or_formatted_for_access_below_info(
