@@ -115,8 +115,8 @@ step_rabbitmq() {
 # Installs Debian packages without starting their services (no init system here, nothing to start).
 APT_UPDATED=
 apt_install() {
-  [ -n "$APT_UPDATED" ] || { apt-get -q update >/dev/null; APT_UPDATED=1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+  [ -n "$APT_UPDATED" ] || { quietly apt-get -q update; APT_UPDATED=1; }
+  quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
 # Only to validate docker-compose.yml statically (no Docker engine is needed for `config -q`).
