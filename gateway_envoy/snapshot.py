@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
@@ -12,9 +13,9 @@ from google.protobuf.message import Message
 from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.clusters import build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor
-from gateway_envoy.listener import build_listener, build_transcoder
+from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import build_route_config
+from gateway_envoy.routes import ROUTE_CONFIG_NAME, build_route_config, service_routes
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -37,6 +38,9 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, AnyProto]]
     versions: Mapping[str, str]
     transcoded: tuple[str, ...]
+    # What each resource was built from ("<type url>/<name>" -> input): the next build reuses a resource whose
+    # input did not change, so one instance more costs one load assignment, not 1,000 clusters and routes.
+    inputs: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -51,14 +55,27 @@ def _digest(chunks: Iterable[bytes]) -> str:
     return hasher.hexdigest()[:16]
 
 
-def _by_name(items: Iterable[tuple[str, Message]]) -> tuple[dict[str, AnyProto], str]:
-    packed: dict[str, AnyProto] = {}
-    for name, message in sorted(items, key=lambda item: item[0]):
+def _by_name(packed: Mapping[str, AnyProto]) -> tuple[dict[str, AnyProto], str]:
+    ordered = {name: packed[name] for name in sorted(packed)}
+    version = _digest(chunk for name, res in ordered.items() for chunk in (name.encode(), res.value))
+    return ordered, version
+
+
+class _Packer:
+    """Packs resources, reusing the previous snapshot's when built from an equal input."""
+
+    def __init__(self, previous: Snapshot | None) -> None:
+        self._previous = previous
+        self.inputs: dict[str, object] = {}
+
+    def get(self, type_url: str, name: str, key: object, build: Callable[[], Message]) -> AnyProto:
+        self.inputs[f"{type_url}/{name}"] = key
+        previous = self._previous
+        if previous is not None and previous.inputs.get(f"{type_url}/{name}") == key:
+            return previous.resources[type_url][name]
         resource = AnyProto()
-        resource.Pack(message, deterministic=True)
-        packed[name] = resource
-    version = _digest(chunk for name, res in packed.items() for chunk in (name.encode(), res.value))
-    return packed, version
+        resource.Pack(build(), deterministic=True)
+        return resource
 
 
 def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequence[str]) -> tuple[str, ...]:
@@ -73,19 +90,26 @@ def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequ
 
 
 def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequence[str],
-                   options: GatewayOptions) -> Snapshot:
-    """Pure: the same inputs always give the same resources and versions."""
-    transcoder = build_transcoder(descriptor.data, transcoded, options)
-    listener = build_listener(transcoder, options)
-    routes = build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods)
+                   options: GatewayOptions, previous: Snapshot | None = None) -> Snapshot:
+    """Pure: the same inputs always give the same resources and versions; `previous` only saves work."""
+    packer, transcoded = _Packer(previous), tuple(transcoded)
+    listener = packer.get(LISTENER_TYPE, LISTENER_NAME, (descriptor.digest, transcoded, options),
+                          lambda: build_listener(build_transcoder(descriptor.data, transcoded, options), options))
+    owners = tuple(sorted(service_routes(catalog).items()))
+    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.retry_safe_methods),
+                        lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods))
     parts = {
-        CLUSTER_TYPE: _by_name((name, build_cluster(svc, options)) for name, svc in catalog.items()),
-        ENDPOINT_TYPE: _by_name((name, build_load_assignment(svc)) for name, svc in catalog.items()),
-        LISTENER_TYPE: _by_name([(listener.name, listener)]),
-        ROUTE_TYPE: _by_name([(routes.name, routes)]),
+        CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
+                                                 functools.partial(build_cluster, svc, options))
+                                for name, svc in catalog.items()}),
+        ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
+                                                  functools.partial(build_load_assignment, svc))
+                                 for name, svc in catalog.items()}),
+        LISTENER_TYPE: _by_name({LISTENER_NAME: listener}),
+        ROUTE_TYPE: _by_name({ROUTE_CONFIG_NAME: routes}),
     }
     return Snapshot(
         resources={type_url: packed for type_url, (packed, _) in parts.items()},
         versions={type_url: version for type_url, (_, version) in parts.items()},
-        transcoded=tuple(transcoded),
+        transcoded=transcoded, inputs=packer.inputs,
     )

@@ -58,7 +58,7 @@ class ControlPlane:
         descriptor = self._descriptor()
         previous = self.accepted.transcoded if self.accepted else ()
         transcoded = transcoded_services(descriptor, self.catalog, previous)
-        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options)
+        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot)
         self._remember(snapshot.versions[LISTENER_TYPE], _Build(descriptor, transcoded))
         if self.snapshot is None or snapshot.versions != self.snapshot.versions:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,

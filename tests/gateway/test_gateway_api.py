@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import signal
 import uuid
 
@@ -138,12 +140,12 @@ async def test_health_and_reflection_are_not_reachable_through_the_gateway(stack
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         step("grpc.health.v1.Health/Check through the gateway is UNIMPLEMENTED (no route)")
         assert health_error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        with pytest.raises(grpc.aio.AioRpcError) as reflection_error:
-            await anext(aiter(reflection.ServerReflectionInfo(iter([request]), timeout=5)))
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(timeout=5)
+        # Envoy may answer before the request is written: the write then fails, the status stands.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         step("grpc.reflection ServerReflectionInfo through the gateway is UNIMPLEMENTED (no route)")
-        assert reflection_error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_a_stuck_instance_gives_rest_504_json_and_grpc_deadline_exceeded(stack: Stack) -> None:
