@@ -69,7 +69,7 @@ def _short(frame: str) -> str:
     # "handle (protomesh/_interceptors.py:123)" -> "handle (protomesh/_interceptors.py)": lines split a function.
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{ROOT}/", "lib/python3.11/"):
         path = path.split(marker)[-1]
     return f"{name} ({path})" if path else name
 

@@ -118,12 +118,12 @@ async def run_foreground(plan: MeshPlan) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
-    print(f"==> starting the local mesh (state and logs in {plan.state_dir})", flush=True)
+    print(f"==> starting the local mesh (state and logs in {plan.shown(plan.state_dir)})", flush=True)
     try:
         return await _supervise(plan, stop, started)
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"protomesh: the mesh did not start: {exc}", file=sys.stderr)
-        print(f"protomesh: every component was stopped; logs in {plan.state_dir / 'logs'}", file=sys.stderr)
+        print(f"protomesh: every component was stopped; logs in {plan.shown(plan.state_dir / 'logs')}", file=sys.stderr)
         return 1
 
 

@@ -105,7 +105,8 @@ def seed(plan: MeshPlan) -> Component:
             await seed_config(client, plan.root / "config")
         return True
 
-    return Component("config", None, seeded, url=f"Consul KV protomesh/config/ (from {plan.root / 'config'})")
+    source = plan.shown(plan.root / "config")
+    return Component("config", None, seeded, url=f"Consul KV protomesh/config/ (from {source})")
 
 
 def mesh_components(plan: MeshPlan) -> list[list[Component]]:

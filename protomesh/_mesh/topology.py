@@ -69,6 +69,10 @@ class MeshPlan:
     def state_dir(self) -> Path:
         return self.var_dir or self.root / "var" / "mesh"
 
+    def shown(self, path: Path) -> str:
+        """A path as printed to people: relative to the checkout when it is inside it."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
     @property
     def descriptor(self) -> Path:
         return self.root / "gen" / "descriptors" / "protomesh.binpb"
