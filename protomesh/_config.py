@@ -14,6 +14,7 @@ from typing import Any, Generic
 import yaml
 
 from protomesh._consul import DEFAULT_WAIT, ConsulClient, watch
+from protomesh._process import find_checkout
 from protomesh._settings import (
     ConfigError,
     FieldPath,
@@ -46,11 +47,7 @@ def env_prefix(service: str) -> str:
 
 def default_config_dir(start: Path | None = None) -> Path:
     """config/ of the protomesh checkout above start (or cwd), else ./config."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "protos").is_dir() and (folder / "Makefile").is_file():
-            return folder / "config"
-    return here / "config"
+    return (find_checkout(start) or (start or Path.cwd()).resolve()) / "config"
 
 
 def _display(path: Path) -> str:

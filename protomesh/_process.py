@@ -20,13 +20,18 @@ class MissingComponentError(RuntimeError):
     """A real component the tests need is not installed; tests fail loudly rather than skip."""
 
 
-def project_root(start: Path | None = None) -> Path:
+def find_checkout(start: Path | None = None) -> Path | None:
     """The protomesh checkout: the nearest folder above start (or cwd) that holds a Makefile and protos/."""
     here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "protos").is_dir() and (folder / "Makefile").is_file():
-            return folder
-    raise MissingComponentError(f"no protomesh checkout above {here}")
+    return next((f for f in (here, *here.parents) if (f / "protos").is_dir() and (f / "Makefile").is_file()), None)
+
+
+def project_root(start: Path | None = None) -> Path:
+    """find_checkout(), or MissingComponentError when start is not inside one."""
+    root = find_checkout(start)
+    if root is None:
+        raise MissingComponentError(f"no protomesh checkout above {(start or Path.cwd()).resolve()}")
+    return root
 
 
 def find_binary(name: str) -> str:
