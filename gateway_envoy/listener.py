@@ -1,4 +1,8 @@
-"""Pure builder for the gateway listener: one HCM (codec AUTO) with REST marking, transcoding and routing."""
+"""Pure builder for the gateway listener: one HCM (codec AUTO) with REST marking, transcoding and routing.
+
+The listener never changes when a contract does: the transcoder's descriptor and services come per route
+(see routes.py), because a new listener makes Envoy drain the old one and end its open streams.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 from gateway_envoy.clusters import ads_source
 from gateway_envoy.errors import build_local_reply_config
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import ROUTE_CONFIG_NAME
+from gateway_envoy.routes import ROUTE_CONFIG_NAME, TRANSCODER_FILTER
 
 LISTENER_NAME = "gateway"
 # Response JSON style (documented in the README): proto3 JSON mapping with lowerCamelCase names, and
@@ -39,7 +43,11 @@ def rest_filter_source() -> str:
 
 def build_transcoder(descriptor: bytes, services: Sequence[str], options: GatewayOptions,
                      ) -> transcoder_pb2.GrpcJsonTranscoder:
-    """Transcoder for every given service; unknown methods and query parameters are rejected (JSON 404/400)."""
+    """Transcoder for every given service; unknown methods and query parameters are rejected (JSON 404/400).
+
+    This is the configuration the route table carries (typed_per_filter_config); the listener's own copy
+    names no service, which Envoy reads as "disabled" wherever no route overrides it.
+    """
     return transcoder_pb2.GrpcJsonTranscoder(
         proto_descriptor_bin=descriptor,
         services=list(services),
@@ -52,13 +60,18 @@ def build_transcoder(descriptor: bytes, services: Sequence[str], options: Gatewa
     )
 
 
-def build_connection_manager(transcoder: transcoder_pb2.GrpcJsonTranscoder) -> hcm.HttpConnectionManager:
+def disabled_transcoder() -> transcoder_pb2.GrpcJsonTranscoder:
+    """The listener-level transcoder: no services (Envoy: disabled), an empty descriptor set."""
+    return transcoder_pb2.GrpcJsonTranscoder(proto_descriptor_bin=b"")
+
+
+def build_connection_manager() -> hcm.HttpConnectionManager:
     """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
     and REST responses as returned (after the transcoder turned them into JSON)."""
     filters = [
         hcm.HttpFilter(name="envoy.filters.http.lua",
                        typed_config=_typed(lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source()}))),
-        hcm.HttpFilter(name="envoy.filters.http.grpc_json_transcoder", typed_config=_typed(transcoder)),
+        hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=_typed(disabled_transcoder())),
         hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(router_pb2.Router())),
     ]
     return hcm.HttpConnectionManager(
@@ -74,10 +87,9 @@ def build_connection_manager(transcoder: transcoder_pb2.GrpcJsonTranscoder) -> h
     )
 
 
-def build_listener(transcoder: transcoder_pb2.GrpcJsonTranscoder, options: GatewayOptions,
-                   ) -> listener_pb2.Listener:
+def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
     """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection."""
-    manager = build_connection_manager(transcoder)
+    manager = build_connection_manager()
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
@@ -14,6 +15,7 @@ from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.options import GatewayOptions
 
 ROUTE_CONFIG_NAME = "protomesh"
+TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
 # Only failures where the instance cannot have processed the request: safe to retry even for
 # non-idempotent calls such as CreateUser.
 RETRY_ON = "connect-failure,refused-stream,unavailable"
@@ -91,12 +93,23 @@ def _no_instance(grpc_service: str) -> route_components_pb2.Route:
         direct_response=route_components_pb2.DirectResponseAction(status=503))
 
 
+def _rest_entry() -> route_components_pb2.Route:
+    # The transcoder reads its per-route configuration from the route the REST path matches *before* it
+    # rewrites the path to gRPC; this catch-all is that route. A request it does not transcode and that no
+    # gRPC route takes ends here: 404 (UNIMPLEMENTED for gRPC callers, JSON google.rpc.Status for REST).
+    return route_components_pb2.Route(
+        name="rest", match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=route_components_pb2.DirectResponseAction(status=404))
+
+
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
-                       retry_safe_methods: Sequence[str] = ()) -> route_pb2.RouteConfiguration:
+                       retry_safe_methods: Sequence[str] = (),
+                       transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
-    announces answer 503. Only gRPC requests match (`grpc: {}`); anything else gets a JSON 404.
+    announces answer 503. The transcoder's configuration (descriptor and services) rides on the virtual
+    host, so a new contract is a route update, which Envoy applies without draining any connection.
     """
     owners = service_routes(catalog)
     routes = []
@@ -106,8 +119,8 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
                    for path in sorted(retry_safe_methods) if path.startswith(f"/{grpc_service}/")]
         routes.append(_to_cluster(grpc_service, cluster, options))
     routes += [_no_instance(s) for s in sorted(set(api_services) - set(owners)) if routable(s)]
-    return route_pb2.RouteConfiguration(
-        name=ROUTE_CONFIG_NAME,
-        virtual_hosts=[route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)])
-
-
+    routes.append(_rest_entry())
+    host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)
+    if transcoder is not None:
+        host.typed_per_filter_config[TRANSCODER_FILTER].Pack(transcoder, deterministic=True)
+    return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[host])

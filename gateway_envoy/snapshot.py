@@ -93,11 +93,11 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
                    options: GatewayOptions, previous: Snapshot | None = None) -> Snapshot:
     """Pure: the same inputs always give the same resources and versions; `previous` only saves work."""
     packer, transcoded = _Packer(previous), tuple(transcoded)
-    listener = packer.get(LISTENER_TYPE, LISTENER_NAME, (descriptor.digest, transcoded, options),
-                          lambda: build_listener(build_transcoder(descriptor.data, transcoded, options), options))
+    listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
-    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.retry_safe_methods),
-                        lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods))
+    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest),
+                        lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods,
+                                                   build_transcoder(descriptor.data, transcoded, options)))
     parts = {
         CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
                                                  functools.partial(build_cluster, svc, options))

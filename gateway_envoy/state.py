@@ -11,14 +11,14 @@ from gateway_envoy.ads import AdsServer
 from gateway_envoy.catalog import ConsulService, merge_last_known_good
 from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.snapshot import LISTENER_TYPE, Snapshot, build_snapshot, transcoded_services
+from gateway_envoy.snapshot import ROUTE_TYPE, Snapshot, build_snapshot, transcoded_services
 
 log = logging.getLogger("gateway_envoy.state")
 
 # Consul changes arriving within this window go out as one push: a dev-agent restart re-registers every
 # instance in a burst. Short enough that a deregistered instance leaves Envoy well within 100 ms.
 COALESCE_S = 0.02
-# Listener builds remembered to match late ACKs/NACKs to the descriptor they carried.
+# Route table builds remembered to match late ACKs/NACKs to the descriptor they carried.
 MAX_REMEMBERED_BUILDS = 16
 
 
@@ -31,7 +31,7 @@ class _Build:
 class ControlPlane:
     """Rebuilds the snapshot when an input changes and publishes it to the ADS server.
 
-    The descriptor used is the newest one unless Envoy rejected the listener built from it; then the last
+    The descriptor used is the newest one unless Envoy rejected the route table built from it; then the last
     accepted descriptor keeps serving until the file changes again.
     """
 
@@ -59,16 +59,16 @@ class ControlPlane:
         previous = self.accepted.transcoded if self.accepted else ()
         transcoded = transcoded_services(descriptor, self.catalog, previous)
         snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot)
-        self._remember(snapshot.versions[LISTENER_TYPE], _Build(descriptor, transcoded))
+        self._remember(snapshot.versions[ROUTE_TYPE], _Build(descriptor, transcoded))
         if self.snapshot is None or snapshot.versions != self.snapshot.versions:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,
                      len(self.catalog), descriptor.digest, len(transcoded))
             self.snapshot = snapshot
             self.ads.publish(snapshot)
 
-    def _remember(self, listener_version: str, build: _Build) -> None:
-        self._builds.pop(listener_version, None)  # re-inserted last: the newest builds are the ones kept
-        self._builds[listener_version] = build
+    def _remember(self, route_version: str, build: _Build) -> None:
+        self._builds.pop(route_version, None)  # re-inserted last: the newest builds are the ones kept
+        self._builds[route_version] = build
         while len(self._builds) > MAX_REMEMBERED_BUILDS:
             del self._builds[next(iter(self._builds))]
 
@@ -90,13 +90,13 @@ class ControlPlane:
 
     def on_ack(self, type_url: str, version: str) -> None:
         build = self._builds.get(version)
-        if type_url == LISTENER_TYPE and build is not None and build != self.accepted:
+        if type_url == ROUTE_TYPE and build is not None and build != self.accepted:
             self.accepted = build
-            log.info("Envoy accepted the listener of descriptor %s", build.descriptor.digest)
+            log.info("Envoy accepted the routes of descriptor %s", build.descriptor.digest)
 
     def on_nack(self, type_url: str, version: str, message: str) -> None:
         build = self._builds.get(version)
-        if type_url != LISTENER_TYPE or build is None or build.descriptor.digest in self.rejected:
+        if type_url != ROUTE_TYPE or build is None or build.descriptor.digest in self.rejected:
             return
         self.rejected.add(build.descriptor.digest)
         kept = self.accepted.descriptor.digest if self.accepted else "none"

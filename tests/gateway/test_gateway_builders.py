@@ -8,6 +8,7 @@ import sys
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
@@ -16,8 +17,8 @@ from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good
 from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import RETRY_ON, build_route_config
-from gateway_envoy.snapshot import LISTENER_TYPE, build_snapshot, transcoded_services
+from gateway_envoy.routes import RETRY_ON, TRANSCODER_FILTER, build_route_config
+from gateway_envoy.snapshot import LISTENER_TYPE, ROUTE_TYPE, build_snapshot, transcoded_services
 from protomesh.testing import find_binary, project_root
 
 USERS = "acme.users.v1.UserService"
@@ -73,7 +74,8 @@ def test_the_load_assignment_lists_the_passing_endpoints() -> None:
 
 def test_routes_send_each_grpc_prefix_to_its_cluster_with_timeout_and_safe_retries() -> None:
     config = build_route_config({"users": users(1)}, [USERS], OPTIONS)
-    (route,) = config.virtual_hosts[0].routes
+    route, rest = config.virtual_hosts[0].routes
+    assert (rest.match.prefix, rest.direct_response.status) == ("/", 404)
     assert (route.match.prefix, route.route.cluster) == (f"/{USERS}/", "users")
     assert route.match.HasField("grpc")
     assert route.route.timeout.ToMilliseconds() == OPTIONS.route_timeout_s * 1000
@@ -84,7 +86,7 @@ def test_routes_send_each_grpc_prefix_to_its_cluster_with_timeout_and_safe_retri
 
 def test_an_api_service_without_a_consul_service_answers_503_and_hidden_services_get_no_route() -> None:
     config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS)
-    (route,) = config.virtual_hosts[0].routes
+    route, _rest = config.virtual_hosts[0].routes
     assert (route.match.prefix, route.direct_response.status) == ("/acme.orders.v1.OrderService/", 503)
 
 
@@ -105,7 +107,7 @@ def test_a_deployed_service_stays_transcoded_even_when_a_new_descriptor_lacks_it
     assert USERS not in transcoded_services(lacking, {}, [USERS])
 
 
-def test_the_listener_transcodes_with_status_conversion_and_strict_validation(descriptor: Descriptor) -> None:
+def test_the_routes_carry_the_transcoder_with_status_conversion_and_strict_validation(descriptor: Descriptor) -> None:
     snapshot = build_snapshot({"users": users(1)}, descriptor, [USERS], OPTIONS)
     listener = listener_pb2.Listener()
     snapshot.resources[LISTENER_TYPE]["gateway"].Unpack(listener)
@@ -113,13 +115,23 @@ def test_the_listener_transcodes_with_status_conversion_and_strict_validation(de
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert manager.codec_type == hcm.HttpConnectionManager.AUTO
     names = [f.name for f in manager.http_filters]
-    assert names == ["envoy.filters.http.lua", "envoy.filters.http.grpc_json_transcoder", "envoy.filters.http.router"]
+    assert names == ["envoy.filters.http.lua", TRANSCODER_FILTER, "envoy.filters.http.router"]
+    routes = route_pb2.RouteConfiguration()
+    snapshot.resources[ROUTE_TYPE]["protomesh"].Unpack(routes)
     transcoder = transcoder_pb2.GrpcJsonTranscoder()
-    manager.http_filters[1].typed_config.Unpack(transcoder)
+    routes.virtual_hosts[0].typed_per_filter_config[TRANSCODER_FILTER].Unpack(transcoder)
     assert transcoder.convert_grpc_status
     assert transcoder.request_validation_options.reject_unknown_method
     assert transcoder.request_validation_options.reject_unknown_query_parameters
     assert list(transcoder.services) == [USERS]
+
+
+def test_a_new_contract_changes_the_routes_and_never_the_listener(descriptor: Descriptor) -> None:
+    before = build_snapshot({"users": users(1)}, descriptor, [USERS], OPTIONS)
+    grown = Descriptor(descriptor.data + b"", (*descriptor.services, "acme.ledger.v1.LedgerService"), "grown")
+    after = build_snapshot({"users": users(1)}, grown, [USERS, "acme.orders.v1.OrderService"], OPTIONS, before)
+    assert after.versions[LISTENER_TYPE] == before.versions[LISTENER_TYPE]
+    assert after.versions[ROUTE_TYPE] != before.versions[ROUTE_TYPE]
 
 
 def test_the_snapshot_version_is_a_content_hash_that_another_process_reproduces() -> None:
@@ -149,7 +161,7 @@ def test_a_method_free_of_side_effects_gets_its_own_route_that_also_retries_rese
     catalog = {"users": ConsulService("users", ("acme.users.v1.UserService",), (Endpoint("127.0.0.1", 1),))}
     config = build_route_config(catalog, ["acme.users.v1.UserService"], GatewayOptions(),
                                 ["/acme.users.v1.UserService/GetUser"])
-    method, service = config.virtual_hosts[0].routes
+    method, service, _rest = config.virtual_hosts[0].routes
     assert (method.match.path, method.route.retry_policy.retry_on) == (
         "/acme.users.v1.UserService/GetUser", f"{RETRY_ON},reset")
     assert (service.match.prefix, service.route.retry_policy.retry_on) == ("/acme.users.v1.UserService/", RETRY_ON)

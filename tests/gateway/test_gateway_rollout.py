@@ -97,10 +97,10 @@ async def test_a_descriptor_missing_a_deployed_service_is_nacked_and_previous_ro
     status = stack.gateway.status()
     step("the control plane counted the NACK and logged Envoy's reason: %s", status["last_nack"])
     assert "acme.users.v1.UserService" in str(status["last_nack"])
-    step("Envoy counts the rejected listener update too")
-    assert stack.gateway.stat("listener_manager.lds.update_rejected") >= 1
+    step("Envoy counts the rejected route update too")
+    assert stack.gateway.stat("http.gateway.rds.protomesh.update_rejected") >= 1
     reply = await rest(stack.gateway.url, "GET", "/v1/users?pageSize=1")
-    step("the users REST route keeps serving from the last accepted listener")
+    step("the users REST route keeps serving from the last accepted routes")
     assert reply.status == 200
     replace_atomically(stack.descriptor, original)
 
@@ -108,6 +108,7 @@ async def test_a_descriptor_missing_a_deployed_service_is_nacked_and_previous_ro
 async def test_a_new_contract_and_instance_answer_rest_through_the_running_gateway(
         stack: Stack, tmp_path: Path) -> None:
     pids = (stack.gateway.control_plane.pid, stack.gateway.envoy.pid)
+    listener_updates = stack.gateway.stat("listener_manager.lds.update_success")
     before = await rest(stack.gateway.url, "GET", "/v1/widgets/w-1")
     step("before the rollout /v1/widgets is an unknown path")
     assert before.status == 404
@@ -129,6 +130,9 @@ async def test_a_new_contract_and_instance_answer_rest_through_the_running_gatew
     elapsed = time.monotonic() - started
     step("GET /v1/widgets/w-1 answers %s, %.2f s after the instance was started", reply.body, elapsed)
     assert reply.body == {"widgetId": "w-1", "label": "widget w-1"}
+    step("the contract arrived as a route update: the listener (and its open streams) was left alone")
+    assert stack.gateway.stat("listener_manager.lds.update_success") == listener_updates
+    assert stack.gateway.stat("listener_manager.total_listeners_draining") == 0
     step("neither the control plane nor Envoy was restarted")
     assert (stack.gateway.control_plane.pid, stack.gateway.envoy.pid) == pids
     assert stack.gateway.control_plane.running()
