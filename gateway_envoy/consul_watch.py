@@ -10,11 +10,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from consul import ConsulException
-
 from gateway_envoy.catalog import ConsulService, service_from_health
 from gateway_envoy.consul_checks import CheckRow, CheckRows, changed_services, join_checks
-from protomesh._consul import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_WAIT, ConsulClient, wait_seconds, watch
+from protomesh.consul import DEFAULT_WAIT, ConsulClient, wait_seconds, watch
 
 log = logging.getLogger("gateway_envoy.consul")
 
@@ -34,9 +32,6 @@ QUERY_WAIT_SHARE = 0.8
 DEFAULT_RESYNC_S = 300.0
 # Changed services named one by one in the log; a larger change is logged as a count.
 LOGGED_CHANGES = 10
-# Consul gzips an answer when asked to, and aiohttp asks by default: next to Consul that only costs CPU on both
-# sides (3,000 checks take Consul twice as long to answer compressed).
-UNCOMPRESSED = {"Accept-Encoding": "identity"}
 
 
 @dataclass(frozen=True)
@@ -82,8 +77,7 @@ class CatalogWatcher:
         """Block until a check changes, then read what changed; the watch delivers the services when they differ."""
         if index is None:  # the first read, or the watch starts over (error, index went backwards)
             self._full_read_due = True
-        blocking: dict[str, str | int] = {"index": index, "wait": self._query_wait} if index is not None else {}
-        read_at, body = await self._get("/v1/health/state/any", **blocking)
+        read_at, body = await self._consul.get_indexed("/v1/health/state/any", index=index, wait=self._query_wait)
         rows = self._rows.read(body)
         epoch = int(time.monotonic() // self._resync_s)
         changed = changed_services(self._last.rows, rows)
@@ -126,16 +120,9 @@ class CatalogWatcher:
 
     async def _read(self, path: str) -> tuple[int, Any]:
         """One non-blocking read, decoded, at most `read_concurrency` at a time."""
-        async with self._reads, asyncio.timeout(DEFAULT_REQUEST_TIMEOUT_S):
-            index, body = await self._get(path)
+        async with self._reads:
+            index, body = await self._consul.get_indexed(path)
         return index, json.loads(body)
-
-    async def _get(self, path: str, **params: str | int) -> tuple[int, bytes]:
-        """GET a Consul API path, uncompressed and undecoded (py-consul's endpoints can do neither): index, body."""
-        raw = self._consul.raw
-        answer: tuple[int, bytes] = await raw.http.get(_indexed_body, path, params=list(params.items()), raw=True,
-                                                       headers={**raw.prepare_headers(), **UNCOMPRESSED})
-        return answer
 
     async def _commit(self, services: Mapping[str, ConsulService]) -> None:
         changed = sorted(name for name, service in services.items() if self.services.get(name) != service)
@@ -160,11 +147,3 @@ class CatalogWatcher:
             log.info("%s: %d passing endpoint(s) serving %s", name, len(service.endpoints),
                      ",".join(service.grpc_services))
 
-
-def _indexed_body(response: Any) -> tuple[int, bytes]:
-    """py-consul's response callback: X-Consul-Index and the raw body; a 404 reads as JSON null."""
-    if response.code == 404:
-        return 0, b"null"
-    if response.code != 200:
-        raise ConsulException(f"HTTP {response.code}: {response.body[:200]!r}")
-    return int(response.headers["X-Consul-Index"]), response.body

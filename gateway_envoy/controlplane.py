@@ -21,8 +21,9 @@ from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
 from gateway_envoy.state import ControlPlane
-from protomesh._consul import ConsulClient
-from protomesh._settings import ConsulSettings
+from protomesh import ConsulSettings
+from protomesh.aio import BackgroundTasks
+from protomesh.consul import ConsulClient
 
 log = logging.getLogger("gateway_envoy.controlplane")
 
@@ -125,20 +126,19 @@ async def serve(args: argparse.Namespace) -> None:
     health_servicer = health.aio.HealthServicer()
     server = await start_xds_server(args, plane.ads, health_servicer)
     status = await start_status_server(args.status_port, plane.status) if args.status_port else None
-    tasks = [asyncio.create_task(watcher.run(), name="consul-watch")]
+    tasks = BackgroundTasks()
+    tasks.start(watcher.run(), name="consul-watch")
     try:
         await _wait_ready(watcher)
         plane.set_catalog(watcher.services)
         plane.rebuild()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        tasks += [asyncio.create_task(plane.run_coalescer(), name="coalescer"),
-                  asyncio.create_task(watch_descriptor(args.descriptor, plane.set_descriptor, current=descriptor))]
+        tasks.start(plane.run_coalescer(), name="coalescer")
+        tasks.start(watch_descriptor(args.descriptor, plane.set_descriptor, current=descriptor), name="descriptor")
         await _until_signalled()
     finally:
         log.info("control plane stopping")
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await tasks.stop()
         await server.stop(STOP_GRACE_S)
         if status is not None:
             status.close()

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from protomesh._app import Context, RunningService, run, serve
 from protomesh._config import ConfigStore, load_settings, seed_config
-from protomesh._consul import ConsulClient, ServiceInstance
 from protomesh._context import correlation_id, time_remaining
 from protomesh._discovery import DiscoveryChannel
 from protomesh._interceptors import ProtomeshInterceptor, default_interceptors
 from protomesh._registry import Registration
 from protomesh._server import Binding, Server
 from protomesh._settings import ConfigError, ConsulSettings, ServerSettings, ServiceSettings
+from protomesh.consul import ConsulClient, ServiceInstance
 
 __all__ = [
     "Binding",

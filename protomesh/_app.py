@@ -14,11 +14,11 @@ from types import TracebackType
 from typing import Generic, TypeVar
 
 from protomesh._config import ConfigStore, load_settings
-from protomesh._consul import ConsulClient
 from protomesh._discovery import DiscoveryChannel
 from protomesh._registry import Registration
 from protomesh._server import Binding, Server
 from protomesh._settings import ConfigError, S
+from protomesh.consul import ConsulClient
 
 T = TypeVar("T")
 

@@ -13,7 +13,6 @@ from typing import Any, Generic
 
 import yaml
 
-from protomesh._consul import DEFAULT_WAIT, ConsulClient, watch
 from protomesh._process import find_checkout
 from protomesh._settings import (
     ConfigError,
@@ -23,6 +22,8 @@ from protomesh._settings import (
     mapping_layer,
     text_layer,
 )
+from protomesh.aio import BackgroundTasks
+from protomesh.consul import DEFAULT_WAIT, ConsulClient, watch
 
 log = logging.getLogger("protomesh.config")
 
@@ -123,7 +124,7 @@ class ConfigStore(Generic[S]):
         self._config_dir = config_dir
         self._kv: Mapping[str, str] | None = None
         self._subscribers: list[Callable[[S], Awaitable[None] | None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._follower = BackgroundTasks()
 
     @classmethod
     async def open(cls, settings_type: type[S], service: str, consul: ConsulClient, *,
@@ -143,7 +144,7 @@ class ConfigStore(Generic[S]):
             log.warning("config %s: Consul KV unavailable (%r); starting without it, will retry", service, exc)
         else:
             await store._adopt(kv)
-        store._task = asyncio.create_task(store._follow(wait), name=f"protomesh-config-{service}")
+        store._follower.start(store._follow(wait), name=f"protomesh-config-{service}")
         return store
 
     @property
@@ -155,10 +156,7 @@ class ConfigStore(Generic[S]):
         self._subscribers.append(callback)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._follower.stop()
 
     async def _follow(self, wait: str) -> None:
         prefix = kv_prefix(self._service)

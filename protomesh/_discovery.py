@@ -10,8 +10,9 @@ from typing import Any, NoReturn
 
 import grpc
 
-from protomesh._consul import DEFAULT_WAIT, ConsulClient, ServiceInstance, watch
 from protomesh._context import CORRELATION_ID_KEY, correlation_id, outgoing_timeout
+from protomesh.aio import BackgroundTasks
+from protomesh.consul import DEFAULT_WAIT, ConsulClient, ServiceInstance, watch
 
 log = logging.getLogger("protomesh.discovery")
 
@@ -146,8 +147,8 @@ class DiscoveryChannel(grpc.aio.Channel):
         self._turn = 0
         self._resolved = asyncio.Event()
         self._changed = asyncio.Event()  # set (then replaced) whenever the instance list changes
-        self._retiring: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._retiring = BackgroundTasks()  # closing the channels of instances that left, with grace
+        self._watch = BackgroundTasks()
 
     @classmethod
     async def open(cls, consul: ConsulClient, service: str, *, wait: str = DEFAULT_WAIT,
@@ -158,8 +159,8 @@ class DiscoveryChannel(grpc.aio.Channel):
         async def fetch(index: int | None) -> tuple[int, list[ServiceInstance]]:
             return await consul.healthy_instances(service, index=index, wait=wait)
 
-        channel._task = asyncio.create_task(watch(fetch, channel._update, wait=wait, what=f"discovery {service}"),
-                                            name=f"protomesh-discovery-{service}")
+        channel._watch.start(watch(fetch, channel._update, wait=wait, what=f"discovery {service}"),
+                             name=f"protomesh-discovery-{service}")
         try:
             async with asyncio.timeout(open_timeout_s):
                 await channel._resolved.wait()
@@ -200,9 +201,8 @@ class DiscoveryChannel(grpc.aio.Channel):
         log.info("discovery %s: %d instance(s): %s", self.service, len(self._rotation), ", ".join(self.targets))
 
     def _retire(self, endpoint: _Endpoint) -> None:
-        task = asyncio.create_task(endpoint.channel.close(grace=self._close_grace_s))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring.start(endpoint.channel.close(grace=self._close_grace_s),
+                             name=f"protomesh-retire-{endpoint.instance.target}")
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> _UnaryUnary:
@@ -253,12 +253,9 @@ class DiscoveryChannel(grpc.aio.Channel):
 
     async def close(self, grace: float | None = None) -> None:
         """Stop following Consul and close every instance's channel (including ones still retiring)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._watch.stop()
         endpoints, self._endpoints, self._rotation = list(self._endpoints.values()), {}, []
-        await asyncio.gather(*(endpoint.channel.close(grace) for endpoint in endpoints), *self._retiring)
+        await asyncio.gather(*(endpoint.channel.close(grace) for endpoint in endpoints), self._retiring.join())
 
     async def __aenter__(self) -> DiscoveryChannel:
         return self

@@ -8,7 +8,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from protomesh._consul import ConsulClient, backoff_delay
+from protomesh.aio import BackgroundTasks, Backoff
+from protomesh.consul import DEFAULT_BACKOFF_INITIAL_S, ConsulClient
 
 log = logging.getLogger("protomesh.registry")
 
@@ -60,7 +61,7 @@ class Registration:
             "replace_existing_checks": True,
         }
         self._registered = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._keeper = BackgroundTasks()
 
     @property
     def registered(self) -> bool:
@@ -72,15 +73,12 @@ class Registration:
 
     async def start(self) -> None:
         """Start registering in the background and keep the instance registered until deregister()."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._keep(), name=f"protomesh-registration-{self.instance_id}")
+        if not self._keeper.running:
+            self._keeper.start(self._keep(), name=f"protomesh-registration-{self.instance_id}")
 
     async def deregister(self) -> None:
         """Stop the keeper and remove the instance from the agent (best effort: failures are logged)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._keeper.stop()
         self._registered.clear()
         try:
             await self._consul.deregister(self.instance_id)
@@ -90,19 +88,19 @@ class Registration:
             log.info("deregistered %s from Consul", self.instance_id)
 
     async def _keep(self) -> None:
-        failures = 0
+        backoff = Backoff(initial_s=DEFAULT_BACKOFF_INITIAL_S, max_s=DEFAULT_RETRY_MAX_S)
         while True:
             try:
                 await self._ensure_registered()
             except Exception as exc:  # agent down or restarting: retry soon, never give up
-                failures += 1
+                delay = backoff.next_delay()
                 self._registered.clear()
-                level = logging.WARNING if failures == 1 else logging.DEBUG
+                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
                 log.log(level, "registering %s in Consul failed (attempt %d), retrying: %r",
-                        self.instance_id, failures, exc)
-                await asyncio.sleep(backoff_delay(failures, maximum=DEFAULT_RETRY_MAX_S))
+                        self.instance_id, backoff.failures, exc)
+                await asyncio.sleep(delay)
                 continue
-            failures = 0
+            backoff.reset()
             await asyncio.sleep(self._keep_interval_s)
 
     async def _ensure_registered(self) -> None:

@@ -39,8 +39,8 @@ def _config_seed(args: argparse.Namespace) -> int:
     import asyncio
 
     from protomesh._config import default_config_dir, seed_config
-    from protomesh._consul import ConsulClient
     from protomesh._settings import ConfigError, ConsulSettings
+    from protomesh.consul import ConsulClient
 
     async def seed() -> int:
         settings = ConsulSettings(address=args.consul or os.environ.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),

@@ -97,8 +97,8 @@ def service_instances(plan: MeshPlan, service: str) -> list[Component]:
 def seed(plan: MeshPlan) -> Component:
     """Not a process: seeds config/ into Consul KV before the services read it."""
     from protomesh._config import seed_config
-    from protomesh._consul import ConsulClient
     from protomesh._settings import ConsulSettings
+    from protomesh.consul import ConsulClient
 
     async def seeded() -> bool:
         async with ConsulClient.from_settings(ConsulSettings(address=plan.consul_address)) as client:

@@ -6,7 +6,6 @@ from protomesh.events._connect import (
     DEFAULT_BACKOFF_INITIAL_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_RECONNECT_INTERVAL_S,
-    Backoff,
 )
 from protomesh.events._envelope import (
     CONTENT_TYPE,
@@ -42,7 +41,6 @@ __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT_S",
     "DEFAULT_RECONNECT_INTERVAL_S",
     "DEFAULT_RETRY_DELAY_S",
-    "Backoff",
     "Delivery",
     "EventHandlers",
     "OutboxRecord",

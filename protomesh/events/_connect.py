@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import random
 from urllib.parse import urlsplit
 
 from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.connection import make_url
+
+from protomesh.aio import Backoff
 
 # First pause after a failed attempt: a broker blip (restart of one node) is retried almost at once.
 DEFAULT_BACKOFF_INITIAL_S = 0.2
@@ -21,26 +22,9 @@ DEFAULT_RECONNECT_INTERVAL_S = 1.0
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
-class Backoff:
-    """Exponential backoff with jitter (half to full delay) so restarted clients do not retry in lockstep.
-
-        backoff = Backoff()
-        await asyncio.sleep(backoff.next_delay())   # 0.1-0.2 s, then 0.2-0.4 s, ... capped at max_s
-        backoff.reset()                             # after a success
-    """
-
-    def __init__(self, *, initial_s: float = DEFAULT_BACKOFF_INITIAL_S, max_s: float = DEFAULT_BACKOFF_MAX_S) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.max_s, self.initial_s * 2 ** min(self.failures, 32))
-        self.failures += 1
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self.failures = 0
+def broker_backoff() -> Backoff:
+    """The pause between attempts to reach the broker (see DEFAULT_BACKOFF_*)."""
+    return Backoff(initial_s=DEFAULT_BACKOFF_INITIAL_S, max_s=DEFAULT_BACKOFF_MAX_S)
 
 
 def safe_url(url: str) -> str:

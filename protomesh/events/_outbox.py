@@ -11,7 +11,8 @@ from typing import NamedTuple, Protocol
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from protomesh.events._connect import Backoff
+from protomesh.aio import BackgroundTasks
+from protomesh.events._connect import broker_backoff
 from protomesh.events._publisher import Publisher
 
 logger = logging.getLogger("protomesh.events")
@@ -66,7 +67,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._relay = BackgroundTasks()
         self.published = 0
 
     async def __aenter__(self) -> OutboxRelay:
@@ -78,8 +79,8 @@ class OutboxRelay:
         await self.close()
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="events-outbox-relay")
+        if not self._relay.running:
+            self._relay.start(self._run(), name="events-outbox-relay")
 
     def notify(self) -> None:
         """An event was just committed: publish without waiting for the next poll."""
@@ -87,10 +88,7 @@ class OutboxRelay:
 
     async def close(self) -> None:
         """Stop relaying; an event being published is left unmarked and is published again next start."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._relay.stop()
 
     async def publish_pending(self) -> int:
         """Publish everything unpublished now, oldest first; returns how many. Raises on the first failure."""
@@ -111,7 +109,7 @@ class OutboxRelay:
                 return total
 
     async def _run(self) -> None:
-        backoff = Backoff()
+        backoff = broker_backoff()
         while True:
             self._wake.clear()
             try:

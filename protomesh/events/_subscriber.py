@@ -11,7 +11,8 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from protomesh.events._connect import DEFAULT_BACKOFF_MAX_S, Backoff, connect, safe_url
+from protomesh.aio import BackgroundTasks
+from protomesh.events._connect import DEFAULT_BACKOFF_MAX_S, broker_backoff, connect, safe_url
 from protomesh.events._envelope import CONTENT_TYPE, DEFAULT_EXCHANGE, Delivery, _delivery
 from protomesh.events._handlers import EventHandlers, UndeliverableEvent
 from protomesh.events._topology import DEFAULT_DELIVERY_LIMIT, dead_letter_queue, declare_group_queue
@@ -60,7 +61,7 @@ class Subscriber:
         self._connection: AbstractRobustConnection | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
-        self._starting: asyncio.Task[None] | None = None
+        self._starting = BackgroundTasks()
         self._ready = asyncio.Event()
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -85,8 +86,8 @@ class Subscriber:
 
     async def start(self) -> None:
         """Connect, declare and consume in the background (retrying with backoff); returns at once."""
-        if self._starting is None:
-            self._starting = asyncio.create_task(self._establish(), name=f"events-subscriber-{self.group}")
+        if not self._starting.running:
+            self._starting.start(self._establish(), name=f"events-subscriber-{self.group}")
 
     async def wait_ready(self, timeout: float = DEFAULT_WAIT_READY_S) -> None:
         """Wait until the group's queue is consumed; TimeoutError naming the last connection error."""
@@ -99,10 +100,7 @@ class Subscriber:
 
     async def close(self, *, grace_s: float = DEFAULT_CLOSE_GRACE_S) -> None:
         """Stop taking deliveries, let running handlers finish (up to grace_s), then disconnect."""
-        if self._starting is not None:
-            self._starting.cancel()
-            await asyncio.gather(self._starting, return_exceptions=True)
-            self._starting = None
+        await self._starting.stop()
         if self._queue is not None and self._consumer_tag is not None:
             try:
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), grace_s)
@@ -119,7 +117,7 @@ class Subscriber:
         self._ready.clear()
 
     async def _establish(self) -> None:
-        backoff = Backoff()
+        backoff = broker_backoff()
         while True:
             try:
                 # Kept on self at once: close() must also close a connection cancelled while declaring.

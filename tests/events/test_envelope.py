@@ -1,4 +1,4 @@
-"""Event envelopes, handler registry and backoff: what every message carries, without a broker."""
+"""Event envelopes and the handler registry: what every message carries, without a broker."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from acme.orders.v1 import events_pb2, orders_pb2
 from protomesh import _context
 from protomesh.events import (
     CONTENT_TYPE,
-    Backoff,
     EventHandlers,
     UndeliverableEvent,
     decode_event,
@@ -99,13 +98,3 @@ def test_a_stored_event_decodes_by_its_full_name() -> None:
     assert decode_event("acme.orders.v1.OrderCancelled", event.SerializeToString()) == event
     with pytest.raises(ValueError, match="unknown"):
         decode_event("acme.nothing.v1.Nope", b"")
-
-
-def test_backoff_doubles_with_jitter_up_to_its_cap_and_starts_over_after_reset() -> None:
-    backoff = Backoff(initial_s=0.1, max_s=1.0)
-    delays = [backoff.next_delay() for _ in range(8)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert 0.1 <= delays[1] <= 0.2
-    assert all(0.5 <= delay <= 1.0 for delay in delays[4:])
-    backoff.reset()
-    assert backoff.next_delay() <= 0.1

@@ -14,8 +14,8 @@ import pytest
 from gateway_envoy.catalog import ConsulService, Endpoint, service_from_health
 from gateway_envoy.consul_checks import CheckRow, CheckRows, changed_services
 from gateway_envoy.consul_watch import DEFAULT_RESYNC_S, CatalogWatcher
-from protomesh._consul import DEFAULT_WAIT, ConsulClient
 from protomesh._settings import ConsulSettings
+from protomesh.consul import DEFAULT_WAIT, ConsulClient
 from protomesh.testing import ConsulAgent, async_wait_until
 
 # The old watch (one blocking query per service) never got past ~100 services: py-consul's 100 pooled

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from protomesh._config import ConfigStore, seed_config
-from protomesh._consul import ConsulClient
 from protomesh._settings import ConsulSettings, ServiceSettings
+from protomesh.consul import ConsulClient
 from protomesh.testing import ConsulAgent, async_wait_until
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from protomesh._consul import ConsulClient, blocking_timeout, watch
 from protomesh._settings import ConsulSettings
+from protomesh.consul import ConsulClient, blocking_timeout, watch
 from protomesh.testing import ConsulAgent, async_wait_until
 
 

@@ -54,7 +54,7 @@ async def test_calls_move_to_the_remaining_instance_when_one_is_stopped(consul_a
             log.info("%s -> discovery dropped the instance in %.2fs", how, took)
             # once discovery has caught up, not a single call may fail
             assert await call_tags(channel, 20) == Counter({"blue": 20})
-            await async_wait_until(lambda: not channel._retiring, timeout=2, what="retired channel closed")
+            await async_wait_until(lambda: not channel._retiring.running, timeout=2, what="retired channel closed")
             assert green_channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
 
 
@@ -128,7 +128,7 @@ async def test_close_stops_the_watch_and_closes_every_instance_channel(consul_ag
         channel = await DiscoveryChannel.open(consul, "users")
         [endpoint] = channel._endpoints.values()
         await channel.close()
-        assert channel._task is None
+        assert not channel._watch.running
         assert endpoint.channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
         with pytest.raises(grpc.aio.AioRpcError):
             await users_service_pb2_grpc.UserServiceStub(channel).GetUser(REQUEST)

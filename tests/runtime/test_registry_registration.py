@@ -12,9 +12,9 @@ from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 from test_registry_support import USER_SERVICE, consul_client, passing_ids, registered, serving
 
-from protomesh._consul import ConsulClient
 from protomesh._registry import Registration
 from protomesh._settings import ConsulSettings
+from protomesh.consul import ConsulClient
 from protomesh.testing import ConsulAgent, async_wait_until, free_port
 
 log = logging.getLogger(__name__)
