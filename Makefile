@@ -9,7 +9,8 @@ PY := $(VENV)/bin/python
 BUF := .tools/node/node_modules/.bin/buf
 DESCRIPTOR := gen/descriptors/protomesh.binpb
 PROTOS := $(shell find protos/acme -name '*.proto' 2>/dev/null | sort)
-SERVICES := users orders notifications
+# Every service of the project: a folder under services/ with an app/ package (protomesh new service adds one).
+SERVICES := $(patsubst services/%/app,%,$(wildcard services/*/app))
 
 .PHONY: help setup protos lint test up down status bench chaos clean
 

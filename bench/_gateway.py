@@ -33,8 +33,8 @@ CHECK_TTL = "2h"
 class Stack:
     """The running pieces; `backend_*` are set when a users-style backend was started and registered."""
 
-    consul: Any          # protomesh.testing.ConsulAgent
-    gateway: Any         # protomesh.testing._envoy.EnvoyGateway
+    consul: Any          # localmesh.testing.ConsulAgent
+    gateway: Any         # localmesh.gateway.Gateway
     backend_pid: int = 0
     backend_port: int = 0
 
@@ -51,7 +51,7 @@ class Stack:
 def consul_agent(log_dir: Path) -> Iterator[Any]:
     """A Consul dev agent on free loopback ports, stopped (by its PID) on exit."""
     need_binary("consul")
-    from protomesh.testing import ConsulAgent
+    from localmesh.testing import ConsulAgent
 
     agent = ConsulAgent(log_dir)
     try:
@@ -62,15 +62,13 @@ def consul_agent(log_dir: Path) -> Iterator[Any]:
 
 
 def envoy_gateway(log_dir: Path, consul_address: str) -> Any:
-    """The gateway engineer's EnvoyGateway (not started), with Envoy pinned to the load core and one worker."""
+    """The mesh's own Gateway launcher (not started), with Envoy pinned to the load core and one worker."""
     need_binary("envoy")
-    try:
-        from protomesh.testing._envoy import EnvoyGateway
-    except ImportError as error:
-        raise NotRun(f"the gateway test helper is not importable: {error}", missing="gateway") from error
-    gateway = EnvoyGateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR,
-                           route_timeout_s=ROUTE_TIMEOUT_S)
-    gateway.envoy.argv = pinned([*gateway.envoy.argv, "--concurrency", str(ENVOY_WORKERS)], LOAD_CPU)
+    from localmesh.gateway import Gateway
+
+    gateway = Gateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR, route_timeout_s=ROUTE_TIMEOUT_S,
+                      envoy_args=["--concurrency", str(ENVOY_WORKERS)])
+    gateway.envoy.argv = pinned(gateway.envoy.argv, LOAD_CPU)
     return gateway
 
 

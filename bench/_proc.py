@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bench._core import ROOT, NotRun
-from protomesh._process import ManagedProcess, MissingComponentError, free_port, port_open, wait_until
+from localmesh.process import ManagedProcess, MissingComponentError, free_port, port_open, wait_until
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # On the 2-core machine: the measured server on one core, the load generator (or Envoy) on the other,
@@ -51,7 +51,7 @@ def find_tool(name: str) -> str | None:
 
 def need_binary(name: str) -> str:
     """A component binary (consul, envoy) or NotRun naming it."""
-    from protomesh._process import find_binary
+    from localmesh.process import find_binary
 
     try:
         return find_binary(name)

@@ -71,7 +71,7 @@ def full_push(gateway: Any, services: int) -> dict[str, float]:
     gateway.control_plane.start()
     marks["snapshot"] = poll(lambda: _snapshot_ready(gateway), timeout=READY_TIMEOUT_S,
                              what="the control plane's first snapshot", interval=0.05)
-    gateway.bootstrap_path.write_text(_bootstrap(gateway))
+    gateway.write_bootstrap()
     gateway.envoy.start()
     marks["envoy"] = time.perf_counter()
     # Every Consul service plus the static xDS cluster from the bootstrap.
@@ -88,12 +88,6 @@ def _snapshot_ready(gateway: Any) -> bool:
         return bool(gateway.status()["ready"])
     except OSError:  # its status endpoint is not up yet
         return False
-
-
-def _bootstrap(gateway: Any) -> str:
-    from gateway_envoy.bootstrap import render_bootstrap
-
-    return str(render_bootstrap(admin_port=gateway.admin_port, xds_port=gateway.xds_port))
 
 
 def one_changes(consul: Any, gateway: Any, services: int, count: int) -> list[float]:
@@ -141,7 +135,7 @@ def run(options: Options, services: int | None = None) -> Outcome:
                  "registering_catalog_s": round(registering_s, 1),
                  **{key: round(value, 3) for key, value in timings.items()},
                  "one_change": summary_ms(changes), "envoy_rss_mb": round(envoy_rss, 1)},
-        commands=["python -m gateway_envoy.controlplane (via protomesh.testing._envoy.EnvoyGateway)",
+        commands=["python -m gateway_envoy.controlplane (via localmesh.gateway.Gateway)",
                   "GET /stats?filter=... (Envoy admin: connected_state, active/warming clusters, membership_total)"],
         notes=["full push = Envoy's ADS connection -> all clusters active, none warming, listener active",
                "one change = Consul agent register/deregister of a 4th instance -> membership_total moves"],

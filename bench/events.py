@@ -120,7 +120,7 @@ def _broker_pid(node: Any) -> int:
 
 
 def run(options: Options) -> Outcome:
-    from protomesh.testing import MissingComponentError, RabbitMQNode
+    from localmesh.testing import MissingComponentError, RabbitMQNode
 
     try:
         node = RabbitMQNode(options.work_dir / "p7" / "rabbitmq")
@@ -143,7 +143,7 @@ def run(options: Options) -> Outcome:
                                 "client_cpu_us_per_event": result["client_cpu_us_per_event"],
                                 "broker_cpu_us_per_event": result["broker_cpu_us_per_event"]},
                  "rabbitmq_boot_s": round(boot_s, 1)},
-        commands=["bench/events.py: RabbitMQNode (protomesh.testing) + Publisher/Subscriber in one process"],
+        commands=["bench/events.py: RabbitMQNode (localmesh.testing) + Publisher/Subscriber in one process"],
         notes=["RabbitMQ and the client are not pinned: the Erlang VM schedules on both cores"],
     )
 

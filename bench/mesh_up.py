@@ -19,11 +19,9 @@ from typing import Any
 
 from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
 from bench._gateway import poll
-from bench._proc import free_port
 
 # What `protomesh up` needs from a checkout; everything it writes goes to <root>/var/mesh.
-LINKED = ("Makefile", "protos", "services", "gen", "config", "pyproject.toml")
-PORT_VARIABLES = ("GATEWAY_PORT", "ENVOY_ADMIN_PORT", "XDS_PORT", "CONSUL_PORT", "AMQP_PORT")
+LINKED = ("docker-compose.yml", "Makefile", "protos", "services", "gen", "config", "pyproject.toml")
 UP_TIMEOUT_S = 180.0
 DOWN_TIMEOUT_S = 120.0
 _HEALTHY = re.compile(r"^\s+(\S+)\s+healthy after\s+([\d.]+)s", re.MULTILINE)
@@ -40,15 +38,6 @@ def _checkout(base: Path) -> Path:
 def _protomesh() -> list[str]:
     script = Path(sys.executable).parent / "protomesh"
     return [str(script)] if script.exists() else [sys.executable, "-m", "protomesh.cli"]
-
-
-def _mesh_node_running() -> bool:
-    """Whether an Erlang node named `protomesh` (the runner's fixed RabbitMQ node name) is up already."""
-    epmd = shutil.which("epmd")
-    if epmd is None:
-        return False
-    names = subprocess.run([epmd, "-names"], capture_output=True, text=True, check=False, timeout=10).stdout
-    return re.search(r"^name protomesh at port", names, re.MULTILINE) is not None
 
 
 def _rest_answers(port: int) -> bool:
@@ -86,17 +75,17 @@ def _cycle(root: Path, env: dict[str, str], gateway_port: int) -> dict[str, Any]
 
 
 def run(options: Options) -> Outcome:
-    if _mesh_node_running():
-        raise NotRun("a RabbitMQ node named 'protomesh' is running (someone's `protomesh up`); the runner's "
-                     "fixed node name would clash", missing="quiet machine")
+    from localmesh.testing import isolated_env
+
     root = _checkout(options.work_dir / "p8" / "checkout")
-    ports = {name: free_port() for name in PORT_VARIABLES}
-    # consul and envoy from the project's .tools/bin, as scripts/test.sh puts them on PATH.
-    env = {**os.environ, **{name: str(port) for name, port in ports.items()},
-           "PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # Free ports for every *_PORT knob and a node name of its own; consul and envoy from .tools/bin, as
+    # scripts/test.sh puts them on PATH.
+    env = isolated_env(root, root / "var" / "mesh",
+                       overrides={"PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
+    ports = {name: int(env[name]) for name in env if name.endswith("_PORT") and env[name].isdigit()}
     cold = _cycle(root, env, ports["GATEWAY_PORT"])
     warm = _cycle(root, env, ports["GATEWAY_PORT"])  # the state a previous `up` left: RabbitMQ's data exists
-    setting = " ".join(f"{name}={port}" for name, port in ports.items())
+    setting = " ".join(f"{name}={env[name]}" for name in (*ports, "PROTOMESH_RABBITMQ_NODE"))
     return Outcome(
         values={"p8_up_cold_s": cold["total_s"]},
         subject={"what": "`protomesh up --detach` in a fresh checkout (no state) until GET /v1/users answers 200",

@@ -159,7 +159,7 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     await server.start()
     registration = Registration(consul, service=service, address=address, port=server.port,
                                 grpc_services=server.service_names, version=config.current.server.version,
-                                tags=config.current.server.tags)
+                                tags=config.current.server.tags, instance_id=config.current.server.instance_id)
     stack.push_async_callback(lambda: asyncio.sleep(config.current.server.drain_s))
     stack.push_async_callback(registration.deregister)
     stack.push_async_callback(server.set_not_serving)

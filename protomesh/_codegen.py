@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -23,6 +24,30 @@ def contract_files(proto_root: Path) -> list[str]:
         for p in proto_root.rglob("*.proto")
         if "third_party" not in p.relative_to(proto_root).parts
     )
+
+
+def shadowing(files: list[str], python_out: Path) -> list[str]:
+    """One line per contract whose generated package an installed module would hide: protos/grpc/testing/x.proto
+    generates `grpc.testing`, but `import grpc.testing` finds grpcio's own `grpc` first. Only folders that are
+    nobody else's package are safe (a namespace package such as `acme`, made by these stubs, is)."""
+    problems = []
+    for name in files:
+        parts = Path(name).parent.parts
+        for depth in range(1, len(parts) + 1):
+            package = ".".join(parts[:depth])
+            try:
+                spec = importlib.util.find_spec(package)
+            except (ImportError, ValueError):
+                break  # nothing installed under this name: the generated package is the only one
+            if spec is None:
+                break
+            origin = Path(spec.origin) if spec.origin else None
+            if origin is not None and not origin.is_relative_to(python_out.resolve()):
+                problems.append(f"{name} generates the Python package {'.'.join(parts)}, but {package} is the "
+                                f"installed module {origin.parent if origin.name == '__init__.py' else origin}, "
+                                "which wins; put the contract under a package of your own (e.g. protos/acme/...)")
+                break
+    return problems
 
 
 def _googleapis_include() -> str:
@@ -47,6 +72,8 @@ def _protoc(args: list[str]) -> None:
 def generate(proto_root: Path, python_out: Path, descriptor_out: Path) -> list[str]:
     """Regenerate stubs into python_out and write the descriptor set atomically; returns the files."""
     files = contract_files(proto_root)
+    if problems := shadowing(files, python_out):
+        raise CodegenError("\n".join(problems))
     includes = [f"-I{proto_root}", f"-I{_googleapis_include()}", f"-I{_grpc_tools_include()}"]
     staging = Path(tempfile.mkdtemp(prefix="protomesh-gen-"))
     try:

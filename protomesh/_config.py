@@ -13,7 +13,6 @@ from typing import Any, Generic
 
 import yaml
 
-from protomesh._process import find_checkout
 from protomesh._settings import (
     ConfigError,
     FieldPath,
@@ -29,6 +28,10 @@ log = logging.getLogger("protomesh.config")
 
 # Where each service's live settings live in Consul KV: one key per field path below this.
 KV_ROOT = "protomesh/config"
+# The folders a service reads its YAML from and keeps relative data paths in; whoever starts the service sets
+# them (the local mesh, an image), so the runtime never guesses from where it happens to run.
+CONFIG_DIR_ENV = "PROTOMESH_CONFIG_DIR"
+STATE_DIR_ENV = "PROTOMESH_STATE_DIR"
 # Environment chosen when PROTOMESH_ENV is unset: a developer's machine.
 DEFAULT_ENV = "local"
 # How long ConfigStore.open waits for Consul before starting without the KV layer (serving must not wait).
@@ -46,9 +49,16 @@ def env_prefix(service: str) -> str:
     return service.upper().replace("-", "_") + "_"
 
 
-def default_config_dir(start: Path | None = None) -> Path:
-    """config/ of the protomesh checkout above start (or cwd), else ./config."""
-    return (find_checkout(start) or (start or Path.cwd()).resolve()) / "config"
+def default_config_dir(env: Mapping[str, str] | None = None) -> Path:
+    """PROTOMESH_CONFIG_DIR (the local mesh and compose set it), else ./config: never a search for a checkout."""
+    env = os.environ if env is None else env
+    return Path(env.get(CONFIG_DIR_ENV) or "config")
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """PROTOMESH_STATE_DIR, where relative data paths (databases) live; else the working directory."""
+    env = os.environ if env is None else env
+    return Path(env.get(STATE_DIR_ENV) or ".")
 
 
 def _display(path: Path) -> str:
@@ -94,7 +104,7 @@ def load_settings(settings_type: type[S], service: str, *, env: Mapping[str, str
     >>> settings = load_settings(UsersSettings, "users", env={"USERS_MAX_PAGE_SIZE": "50"})
     """
     env = os.environ if env is None else env
-    folder = config_dir or Path(env.get("PROTOMESH_CONFIG_DIR") or default_config_dir())
+    folder = config_dir or default_config_dir(env)
     values: dict[FieldPath, object] = {}
     for path in (folder / f"{service}.yaml", folder / f"{service}.{env.get('PROTOMESH_ENV') or DEFAULT_ENV}.yaml"):
         if path.is_file():

@@ -39,12 +39,12 @@ class Registration:
     """
 
     def __init__(self, consul: ConsulClient, *, service: str, address: str, port: int,
-                 grpc_services: Sequence[str], version: str, tags: Sequence[str] = (),
+                 grpc_services: Sequence[str], version: str, tags: Sequence[str] = (), instance_id: str = "",
                  check_interval: str = "1s", deregister_after: str = "1m", initial_status: str = "passing",
                  keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S) -> None:
         self._consul = consul
         self.service = service
-        self.instance_id = f"{service}-{address}-{port}-{secrets.token_hex(3)}"
+        self.instance_id = instance_id or f"{service}-{address}-{port}-{secrets.token_hex(3)}"
         self._keep_interval_s = keep_interval_s
         target = f"{address}:{port}/{grpc_services[0]}" if grpc_services else f"{address}:{port}"
         self.body: dict[str, Any] = {

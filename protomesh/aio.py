@@ -24,6 +24,8 @@ log = logging.getLogger("protomesh.aio")
 BACKOFF_JITTER = 0.2
 # Polling interval: fast enough that a check which becomes true is seen within a few tens of milliseconds.
 DEFAULT_POLL_INTERVAL_S = 0.02
+# How long a poll waits by default: generous, as readiness on a loaded 2-core machine can take seconds.
+DEFAULT_POLL_TIMEOUT_S = 30.0
 
 
 class Backoff:
@@ -84,7 +86,7 @@ class BackgroundTasks:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def poll_until(check: Callable[[], object], *, timeout: float, what: str,
+async def poll_until(check: Callable[[], object], *, timeout: float = DEFAULT_POLL_TIMEOUT_S, what: str,
                      interval: float = DEFAULT_POLL_INTERVAL_S) -> float:
     """Await until check() (sync or async) is truthy; returns the seconds it took, TimeoutError naming `what`."""
     started = time.monotonic()

@@ -1,16 +1,18 @@
-"""The `protomesh` command: code generation, config seeding and the local mesh."""
+"""The `protomesh` command: code generation, health probes and config seeding, plus the commands of installed
+extensions (entry point group `protomesh.commands`; the local mesh adds up, down, status, logs, restart, new)."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from protomesh._mesh.topology import MeshPlan
+# Extensions register their subcommands here: `register(commands)` gets the subparsers of `protomesh`.
+COMMANDS_GROUP = "protomesh.commands"
 
 
 def _protos(args: argparse.Namespace) -> int:
@@ -58,40 +60,6 @@ def _config_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan() -> MeshPlan:
-    from protomesh._mesh.topology import MeshPlan
-    from protomesh._process import project_root
-
-    return MeshPlan.from_env(project_root(), os.environ)
-
-
-def _up(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from protomesh._mesh import control, runner
-
-    if args.detach:
-        return control.up_detached(_plan())
-    return asyncio.run(runner.run_foreground(_plan()))
-
-
-def _down(args: argparse.Namespace) -> int:
-    from protomesh._mesh import control
-
-    return control.down(_plan())
-
-
-def _status(args: argparse.Namespace) -> int:
-    from protomesh._mesh import control
-
-    return control.status(_plan())
-
-
-MESH_ENV_HELP = """environment: GATEWAY_PORT (8080), ENVOY_ADMIN_PORT (9901), XDS_PORT (18000), CONSUL_PORT (8500),
-AMQP_PORT (5672), USERS_REPLICAS (2), ORDERS_REPLICAS (1), NOTIFICATIONS_REPLICAS (1),
-PROTOMESH_VAR_DIR (var/mesh: state, data, logs), PROTOMESH_RABBITMQ_NODE (protomesh)"""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="protomesh",
@@ -125,24 +93,34 @@ def build_parser() -> argparse.ArgumentParser:
         "seed", help="write config/<service>.yaml (+ the environment overlay) into Consul KV"
     )
     seed.add_argument("services", nargs="*", help="only these services (default: every config/*.yaml)")
-    seed.add_argument("--config-dir", help="folder of the YAML files (default: the checkout's config/)")
+    seed.add_argument("--config-dir", help="folder of the YAML files (default: $PROTOMESH_CONFIG_DIR or ./config)")
     seed.add_argument("--consul", help="Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
     seed.add_argument("--env", help="environment overlay to merge (default: PROTOMESH_ENV or local)")
     seed.set_defaults(func=_config_seed)
 
-    up = commands.add_parser("up", help="run the whole local mesh (foreground; Ctrl-C stops it)",
-                             epilog=MESH_ENV_HELP)
-    up.add_argument("--detach", action="store_true", help="run in the background; stop with `protomesh down`")
-    up.set_defaults(func=_up)
-    commands.add_parser("down", help="stop a mesh started with `up --detach`").set_defaults(func=_down)
-    commands.add_parser("status", help="instances, health and gateway routes of the running mesh",
-                        epilog=MESH_ENV_HELP).set_defaults(func=_status)
+    _add_extensions(commands)
     return parser
+
+
+def _add_extensions(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands of installed extensions; one that cannot load (e.g. in a service image) is left out."""
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as exc:
+            logging.getLogger("protomesh.cli").debug("extension %s not loaded: %s", entry.name, exc)
+            continue
+        register(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # `protomesh status | head`: the reader has seen enough
+        # Python flushes stdout at exit again: point it at /dev/null so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

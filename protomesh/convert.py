@@ -29,3 +29,6 @@ def timestamp(moment: datetime) -> TimestampFields:
         moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return {"seconds": delta.days * 86_400 + delta.seconds, "nanos": delta.microseconds * 1_000}
+
+
+__all__ = ["TimestampFields", "timestamp"]

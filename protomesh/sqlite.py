@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Self
 
 import aiosqlite
 
-from protomesh._config import default_config_dir
+from protomesh._config import default_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,13 @@ def from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
-def database_file(path: str | Path, *, cwd: Path | None = None) -> Path:
-    """A settings' database path made absolute: a relative one is resolved against the folder holding
-    config/ (the checkout, whose var/ is git-ignored, or a container's /app), as config files are; MEMORY
-    stays as it is."""
+def database_file(path: str | Path, *, base: Path | None = None) -> Path:
+    """A settings' database path made absolute: a relative one is resolved against base (default:
+    PROTOMESH_STATE_DIR, else the working directory); MEMORY stays as it is."""
     target = Path(path).expanduser()
     if target.is_absolute() or str(path) == MEMORY:
         return target
-    return default_config_dir(cwd).parent / target
+    return ((base or default_state_dir()) / target).resolve()
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

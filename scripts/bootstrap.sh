@@ -32,6 +32,9 @@ quietly() {
   rm -f "$log"
 }
 as_root() { [ "$(id -u)" = 0 ]; }
+# The first line a command prints. Never `| head -1` here: under pipefail, head closing the pipe early kills the
+# command with SIGPIPE and the step fails with 141; awk reads to the end.
+first_line() { "$@" | awk 'NR == 1'; }
 
 # A stamp holds the hash of the inputs of a step, so a step reruns only when they change.
 fresh() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
@@ -71,9 +74,12 @@ step_envoy() {
 # that points at the Debian mirror this machine is already configured with.
 step_consul() {
   step "consul (on PATH, else $CONSUL_VERSION from Debian 11 into .tools/bin)"
-  if type -P consul >/dev/null; then ok "using $(type -P consul)"; return; fi
+  if type -P consul >/dev/null; then ok "using $(type -P consul): $(first_line consul version)"; return; fi
   local bin="$TOOLS/bin/consul"
-  if [ -x "$bin" ] && [[ "$("$bin" version)" == *"v$CONSUL_VERSION"* ]]; then ok "up to date"; return; fi
+  if [ -x "$bin" ] && [[ "$("$bin" version)" == *"v$CONSUL_VERSION"* ]]; then
+    ok "up to date: $(first_line "$bin" version)"
+    return
+  fi
   need apt-get "Consul needs apt to fetch Debian 11's package; or put a consul binary on PATH"
   local apt="$TOOLS/apt" mirror
   mirror=$(debian_mirror) || die "no Debian mirror configured in /etc/apt; put a consul binary on PATH"
@@ -90,7 +96,7 @@ step_consul() {
   dpkg-deb -x "$deb" "$apt/root"
   mkdir -p "$TOOLS/bin" && cp "$apt/root/usr/bin/consul" "$bin"
   rm -rf "$apt"
-  "$bin" version | head -1 | sed 's/^/    /'
+  ok "$(first_line "$bin" version)"
 }
 
 # The first main Debian archive URI of the machine's apt configuration (one-line or deb822 format).
@@ -101,7 +107,7 @@ debian_mirror() {
   done
   [ ${#files[@]} -gt 0 ] || return 1
   grep -hoE '^(URIs:|deb)[[:space:]]+[a-z]+://[^[:space:]]+' "${files[@]}" | awk '{print $2}' |
-    grep -E '/debian/?$' | head -1 | grep .
+    awk '/\/debian\/?$/ && !found {print; found = 1} END {exit !found}'
 }
 
 step_rabbitmq() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import statistics
 import time
@@ -15,8 +16,7 @@ import aiohttp
 from bench.chaos.harness import ChaosMesh, poll
 from bench.chaos.load import MESH_MIX, ORDERS_MIX, USERS_MIX, CallFailed, Load, Workload, notifications_by_order
 from bench.chaos.model import ScenarioResult, Tally, Timing
-from protomesh._mesh.component import Component, get_json
-from protomesh._mesh.topology import SERVICES
+from localmesh.components import get_json
 
 # Every instance must be listed by a restarted (empty) Consul agent again within this long (issue 6).
 REREGISTER_GOAL_S = 3.0
@@ -42,17 +42,23 @@ class Scenario:
 
 
 async def _kill_once(mesh: ChaosMesh, load: Load) -> tuple[float, float]:
-    """kill -9 users-1, wait until Envoy no longer routes to it, start it again: (dropped after, back after)."""
+    """kill -9 users-1 and let the mesh heal: (seconds until Envoy no longer routed to it, until it was back)."""
     victim = mesh.instances("users")[0]
-    assert victim.process is not None
+    pid, restarts = victim.status.pid, victim.status.restarts
+    assert pid is not None
     failed_before = load.tally.failed
-    victim.process.send_signal(signal.SIGKILL)
-    load.mark(f"kill -9 {victim.name} (pid {victim.pid}) with {load.in_flight} call(s) in flight")
-    await mesh.stop_process(victim.process, signal.SIGKILL)
-    dropped = await mesh.settle("users", 1)
-    load.mark(f"Consul marked it critical and Envoy dropped it after {dropped:.2f}s")
-    back = await mesh.start_instance("users", victim.process, expected=2)
-    load.mark(f"{victim.name} started again: passing and routed after {back:.2f}s; "
+    began = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    load.mark(f"kill -9 {victim.name} (pid {pid}) with {load.in_flight} call(s) in flight")
+    def dropped_or_back() -> bool:
+        return len(mesh.envoy_hosts("users")) < mesh.replicas("users") or victim.status.restarts > restarts
+
+    dropped = await poll(dropped_or_back, what=f"Envoy dropping {victim.name}")
+    load.mark(f"Envoy dropped it after {dropped:.2f}s")
+    await poll(lambda: victim.status.restarts > restarts and victim.ready, what=f"{victim.name} restarted")
+    await mesh.settle("users")
+    back = time.monotonic() - began
+    load.mark(f"{victim.name} restarted by the mesh: passing and routed {back:.2f}s after the kill; "
               f"{load.tally.failed - failed_before} call(s) failed since the kill")
     return dropped, back
 
@@ -76,64 +82,40 @@ def _kill9_goals(tally: Tally, metrics: dict[str, Any]) -> dict[str, bool]:
     return {"at most 1 failed call per kill (the one in flight)": max(per_kill) <= 1}
 
 
-async def _restart_one(mesh: ChaosMesh, load: Load, service: str, component: Component) -> float:
-    """SIGTERM one instance and start it again, waiting until it is passing and routed. A service's only
-    instance is replaced instead: its new process starts first (as a rolling update with a surge instance
-    does), so there is always an instance to route to."""
-    old = component.process
-    assert old is not None
-    replicas = mesh.plan.replicas[service]
-    began = time.monotonic()
-    if replicas == 1:
-        new = mesh.replacement(component)
-        try:
-            seconds = await mesh.start_instance(service, new, expected=2)
-        except BaseException:
-            await mesh.stop_process(new, signal.SIGTERM)
-            raise
-        load.mark(f"{component.name}: new process (log {new.log_path.name}) passing and routed after {seconds:.2f}s")
-    seconds = await mesh.stop_process(old, signal.SIGTERM)
-    load.mark(f"SIGTERM {component.name}: exited after {seconds:.2f}s")
-    if replicas == 1:
-        mesh.adopt(component, new)
-    else:
-        seconds = await mesh.start_instance(service, old, expected=replicas)
-        load.mark(f"{component.name} started again: passing and routed after {seconds:.2f}s")
-    await mesh.settle(service)
-    return time.monotonic() - began
-
-
-async def _rolling(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
+async def _rolling(mesh: ChaosMesh, load: Load, services: list[str] | None = None) -> dict[str, Any]:
+    """`protomesh restart` of every service in turn: a surge instance, then each instance replaced."""
     took = {}
-    for service in SERVICES:
-        for component in mesh.instances(service):
-            took[component.name] = round(await _restart_one(mesh, load, service, component), 2)
+    for service in services or mesh.services:
+        began = time.monotonic()
+        await mesh.mesh.restart(service)
+        await mesh.settle(service)
+        took[service] = round(time.monotonic() - began, 2)
+        load.mark(f"{service} restarted instance by instance in {took[service]:.2f}s")
     return {"restart_s": took}
 
 
 def _leader(mesh: ChaosMesh) -> bool:
-    return bool(get_json(f"http://{mesh.plan.consul_address}/v1/status/leader"))
+    return bool(get_json(f"http://{mesh.consul_address}/v1/status/leader"))
 
 
 def _all_passing(mesh: ChaosMesh) -> bool:
-    return all(len(mesh.consul_instances(s, passing=True)) == mesh.plan.replicas[s] for s in SERVICES)
+    return all(len(mesh.consul_instances(s, passing=True)) == mesh.replicas(s) for s in mesh.services)
 
 
 async def _consul(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
     agent = mesh.component("consul")
-    assert agent.process is not None
-    expected = sum(mesh.plan.replicas[s] for s in SERVICES)
+    expected = sum(mesh.replicas(s) for s in mesh.services)
     began = time.monotonic()
-    await mesh.stop_process(agent.process, signal.SIGTERM)
+    await agent.stop()
     load.mark("Consul agent stopped (a -dev agent keeps nothing)")
-    agent.process.start()
+    starting = asyncio.create_task(agent.start())  # ready once it answers and config/ is seeded again
     back = await poll(lambda: _leader(mesh), what="Consul leader after the restart") + time.monotonic() - began
     load.mark(f"Consul agent answering again, empty, {back:.2f}s after the stop")
     registered = await poll(lambda: mesh.agent_instances() == expected, what=f"{expected} instances re-registered")
     load.mark(f"all {expected} instances re-registered {registered:.2f}s after the agent answered")
     passing = registered + await poll(lambda: _all_passing(mesh), what="every instance passing again")
     load.mark(f"all passing in the catalog {passing:.2f}s after the agent answered")
-    await mesh.reseed_config()
+    await starting
     await mesh.settle_all()
     return {"agent_back_after_s": round(back, 2), "reregistered_s": round(registered, 2),
             "all_passing_s": round(passing, 2)}
@@ -141,11 +123,10 @@ async def _consul(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
 
 async def _controlplane(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
     plane = mesh.component("controlplane")
-    assert plane.process is not None
     began = time.monotonic()
-    await mesh.stop_process(plane.process, signal.SIGTERM)
+    await plane.stop()
     load.mark("control plane stopped (Envoy keeps its last configuration)")
-    plane.process.start()
+    await plane.start()
     await poll(mesh.xds_listening, what="the control plane's xDS port")
     await poll(lambda: mesh.envoy_stat("control_plane.connected_state") == 1, what="Envoy reconnected to xDS")
     back = time.monotonic() - began
@@ -155,11 +136,11 @@ async def _controlplane(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
 
 
 async def _rabbitmq(mesh: ChaosMesh, load: Load) -> dict[str, Any]:
-    broker = mesh.broker()
+    broker = mesh.component("rabbitmq")
     began = time.monotonic()
-    await asyncio.to_thread(broker.stop)
+    await broker.stop()
     load.mark(f"RabbitMQ stopped after {time.monotonic() - began:.2f}s (orders keep being placed)")
-    started = await asyncio.to_thread(broker.start)
+    started = await broker.start()
     load.mark(f"RabbitMQ accepting AMQP again after {started:.2f}s")
     return {"broker_down_s": round(time.monotonic() - began, 2)}
 
@@ -175,6 +156,8 @@ def _events_goals(tally: Tally, metrics: dict[str, Any]) -> dict[str, bool]:
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("kill9", "kill -9 of one of two users instances", USERS_MIX, _kill9, _kill9_goals),
+    Scenario("restart", "`protomesh restart users` under load", USERS_MIX,
+             lambda mesh, load: _rolling(mesh, load, ["users"]), _no_failure),
     Scenario("rolling", "rolling SIGTERM restart of every service instance", MESH_MIX, _rolling,
              lambda tally, m: _no_failure(tally, m) | _events_goals(tally, m)),
     Scenario("consul", "Consul agent restart with state loss", MESH_MIX, _consul,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from protomesh.testing import MissingComponentError, find_rabbitmq_script, project_root
+from localmesh.testing import MissingComponentError, find_rabbitmq_script, project_root
 
 # The cheap figures: two in-process gRPC servers, FastAPI (when the bench venv exists) and RabbitMQ.
 FIGURES = "p1,p2,p7"

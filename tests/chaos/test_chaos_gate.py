@@ -16,6 +16,9 @@ from bench.chaos.scenarios import REREGISTER_GOAL_S, SCENARIOS, run_scenario
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 log = logging.getLogger("chaos")
 
+# The self-healing mesh's recovery bound (issue 9): a killed instance is passing and routed again within 5 s.
+HEAL_WITHIN_S = 5.0
+
 
 class Chaos:
     """One mesh shared by the scenarios, which leave it whole (each waits for its recovery)."""
@@ -38,9 +41,22 @@ async def chaos(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chaos
         yield Chaos(mesh, work)
 
 
-async def test_kill_9_of_one_of_two_users_instances_fails_at_most_the_call_in_flight(chaos: Chaos) -> None:
+async def test_a_kill_9_of_one_of_two_users_instances_heals_within_5_s_failing_at_most_the_call_in_flight(
+    chaos: Chaos,
+) -> None:
     result = await chaos.run("kill9")
     assert result.tally.failed <= 1, result.explain()
+    # Restarted by the mesh itself (not by the test), passing in Consul and routed by Envoy again.
+    assert result.metrics["restarted_in_s"] <= HEAL_WITHIN_S, result.explain()
+    assert chaos.mesh.dead() == [], "the rest of the mesh must keep running"
+    assert chaos.mesh.mesh.status == "ready"
+
+
+async def test_protomesh_restart_of_users_under_load_fails_no_call(chaos: Chaos) -> None:
+    before = {instance.status.pid for instance in chaos.mesh.instances("users")}
+    result = await chaos.run("restart")
+    assert result.tally.failed == 0, result.explain()
+    assert {instance.status.pid for instance in chaos.mesh.instances("users")}.isdisjoint(before)
 
 
 async def test_a_rolling_sigterm_restart_of_every_instance_fails_no_call_and_loses_no_event(chaos: Chaos) -> None:

@@ -11,8 +11,8 @@ import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
+from localmesh.testing import project_root
 from protomesh._codegen import generate
-from protomesh.testing import project_root
 
 ROOT = project_root()
 DESCRIPTOR = ROOT / "gen" / "descriptors" / "protomesh.binpb"

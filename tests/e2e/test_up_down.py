@@ -3,36 +3,41 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from protomesh._process import pid_alive
-from protomesh.testing import port_open, project_root
-from tests.e2e.conftest import mesh_plan
+from localmesh.process import pid_alive
+from localmesh.testing import isolated_env, port_open, project_root
 
 
-def _protomesh(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "protomesh.cli", command, *(["--detach"] if command == "up" else [])],
-                          cwd=project_root(), env=env, capture_output=True, text=True, timeout=180, check=False)
+def protomesh(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "protomesh.cli", *args], cwd=project_root(), env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
 
 
-def test_up_detached_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
-    plan = mesh_plan(tmp_path / "mesh")
-    env = {**os.environ, "PROTOMESH_VAR_DIR": str(plan.state_dir), "PROTOMESH_RABBITMQ_NODE": plan.rabbitmq_node,
-           **{variable: str(getattr(plan.ports, field)) for field, variable in plan.ports.ENV.items()}}
+def test_up_detached_with_one_users_replica_then_down_leaves_no_process_and_no_port(tmp_path: Path) -> None:
+    # USERS_REPLICAS is a knob of the topology file: it must never reach the users service's settings.
+    env = isolated_env(project_root(), tmp_path / "mesh", overrides={"USERS_REPLICAS": "1"})
 
-    up = _protomesh("up", env)
+    up = protomesh("up", "--detach", env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert "protomesh is up" in up.stdout
-    state = json.loads((plan.state_dir / "state.json").read_text())
-    pids = [state["supervisor_pid"], *state["processes"].values()]
-    assert set(state["processes"]) >= {"consul", "rabbitmq", "controlplane", "gateway", "orders", "notifications"}
+    state = json.loads((tmp_path / "mesh" / "state.json").read_text())
+    instances = {name: info for component in state["components"].values()
+                 for name, info in component["instances"].items()}
+    assert set(instances) == {"consul-1", "rabbitmq-1", "controlplane-1", "gateway-1", "users-1", "orders-1",
+                              "notifications-1"}
+    pids = [state["supervisor_pid"], *(info["pid"] for info in instances.values())]
     assert all(pid_alive(pid) for pid in pids)
 
-    down = _protomesh("down", env)
+    status = protomesh("status", env=env)
+    routes = [line for line in status.stdout.splitlines() if line.strip().startswith("route")]
+    assert "  route          /acme.users.v1.UserService/GetUser" in "\n".join(routes), status.stdout
+    assert not [line for line in routes if " ? " in line], status.stdout
+
+    down = protomesh("down", env=env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert [pid for pid in pids if pid_alive(pid)] == []
-    ports = vars(plan.ports)
+    ports = {name: int(value) for name, value in env.items() if name.endswith("_PORT") and value.isdigit()}
     assert [name for name, port in ports.items() if port_open(port)] == []

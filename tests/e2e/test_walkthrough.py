@@ -14,7 +14,7 @@ import pytest
 from acme.notifications.v1 import notifications_service_pb2 as notifications_pb
 from acme.notifications.v1 import notifications_service_pb2_grpc as notifications_grpc
 
-from protomesh.testing import async_wait_until
+from protomesh.aio import poll_until
 from tests.e2e.conftest import RunningMesh
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -50,7 +50,7 @@ async def test_a_placed_order_is_a_readable_notification_within_2_seconds(runnin
     async def one_notification() -> bool:
         return len(await notifications(running_mesh, user_id)) == 1
 
-    took = await async_wait_until(one_notification, timeout=2.0, what="the order's notification")
+    took = await poll_until(one_notification, timeout=2.0, what="the order's notification")
     log.info("step: notification readable after %.3fs", took)
     assert order_id in str((await notifications(running_mesh, user_id))[0]["text"])
 
@@ -65,7 +65,7 @@ async def test_cancelling_an_order_adds_a_second_notification(running_mesh: Runn
     async def two_notifications() -> bool:
         return len(await notifications(running_mesh, user_id)) == 2
 
-    await async_wait_until(two_notifications, timeout=2.0, what="the cancellation's notification")
+    await poll_until(two_notifications, timeout=2.0, what="the cancellation's notification")
     assert "changed my mind" in str((await notifications(running_mesh, user_id))[1]["text"])
 
 
@@ -108,20 +108,20 @@ async def test_orders_placed_while_the_broker_is_down_are_notified_exactly_once_
     running_mesh: RunningMesh,
 ) -> None:
     user_id = await create_user(running_mesh)
-    broker = running_mesh.broker()
-    await asyncio.to_thread(broker.stop)
+    broker = running_mesh.mesh.instance("rabbitmq")
+    await broker.stop()  # a stop on purpose: the supervisor does not restart it
     log.info("step: RabbitMQ stopped")
     try:
         orders = [await place_order(running_mesh, user_id, quantity=n) for n in range(1, 6)]
         log.info("step: %d orders placed while the broker was down", len(orders))
     finally:
-        await asyncio.to_thread(broker.start)
+        await broker.start()
     log.info("step: RabbitMQ started again")
 
     async def all_delivered() -> bool:
         return len(await notifications(running_mesh, user_id)) >= len(orders)
 
-    await async_wait_until(all_delivered, timeout=30, what="every order's notification after the outage")
+    await poll_until(all_delivered, timeout=30, what="every order's notification after the outage")
     await asyncio.sleep(1.0)  # a late duplicate would show up here
     delivered = await notifications(running_mesh, user_id)
     assert sorted(str(n["text"]).split()[1] for n in delivered) == sorted(orders)
@@ -129,7 +129,7 @@ async def test_orders_placed_while_the_broker_is_down_are_notified_exactly_once_
 
 
 async def test_a_poison_message_does_not_stop_the_consumer(running_mesh: RunningMesh) -> None:
-    url = running_mesh.plan.amqp_url
+    url = running_mesh.amqp_url
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
@@ -143,7 +143,7 @@ async def test_a_poison_message_does_not_stop_the_consumer(running_mesh: Running
             queue = await channel.declare_queue("notifications.dlq", passive=True)
             return bool(queue.declaration_result.message_count)
 
-        await async_wait_until(dead_lettered, timeout=10, what="the poison message in notifications.dlq")
+        await poll_until(dead_lettered, timeout=10, what="the poison message in notifications.dlq")
     finally:
         await connection.close()
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""Fixtures of the events tests (the module-scoped `rabbitmq_node` comes from protomesh.testing.plugin)."""
+"""Fixtures of the events tests (the module-scoped `rabbitmq_node` comes from localmesh.testing.plugin)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from protomesh.testing import RabbitMQNode
+from localmesh.testing import RabbitMQNode
 
 
 @pytest.fixture

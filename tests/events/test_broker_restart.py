@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from acme.orders.v1 import events_pb2, orders_pb2
 
+from localmesh.testing import RabbitMQNode
+from protomesh.aio import poll_until
 from protomesh.events import EventHandlers, OutboxRelay, Publisher, Subscriber, event_type, stamp_event
-from protomesh.testing import RabbitMQNode, async_wait_until
 
 # Reconnection is ~1 s after the node is back, the relay's backoff at most 5 s: this leaves honest slack.
 CATCH_UP_S = 20.0
@@ -63,7 +64,7 @@ async def test_persistent_events_published_with_no_consumer_survive_a_broker_res
             await publisher.publish(event)
     await asyncio.to_thread(rabbitmq_node.restart)
     async with Subscriber(rabbitmq_node.url, group="g-durable", handlers=recorder.handlers, exchange=exchange):
-        await async_wait_until(lambda: len(recorder.event_ids) == 3, timeout=10, what="3 events after restart")
+        await poll_until(lambda: len(recorder.event_ids) == 3, timeout=10, what="3 events after restart")
     assert recorder.event_ids == [event.event_id for event in events]
 
 
@@ -78,15 +79,15 @@ async def test_consumers_keep_going_after_a_broker_restart_and_one_started_durin
         await subscriber.wait_ready()
         before, after = _created("before"), _created("after")
         await publisher.publish(before)
-        await async_wait_until(lambda: running.event_ids, timeout=5, what="the first event handled")
+        await poll_until(lambda: running.event_ids, timeout=5, what="the first event handled")
         await asyncio.to_thread(rabbitmq_node.stop)
         async with Subscriber(rabbitmq_node.url, group="g-late", handlers=late.handlers, exchange=exchange) as joiner:
             await asyncio.to_thread(rabbitmq_node.start)
             await joiner.wait_ready(timeout=CATCH_UP_S)
             # The publisher reconnects on its own too; give it the time a reconnect takes.
-            await async_wait_until(lambda: _published(publisher, after), timeout=CATCH_UP_S, interval=0.5,
+            await poll_until(lambda: _published(publisher, after), timeout=CATCH_UP_S, interval=0.5,
                                    what="publish after the restart")
-            await async_wait_until(lambda: late.event_ids and len(running.event_ids) == 2, timeout=CATCH_UP_S,
+            await poll_until(lambda: late.event_ids and len(running.event_ids) == 2, timeout=CATCH_UP_S,
                                    what="the event after the restart handled by both groups")
     assert running.event_ids == [before.event_id, after.event_id]
     assert late.event_ids == [after.event_id]
@@ -112,7 +113,7 @@ async def test_the_outbox_relay_delivers_events_stored_while_the_broker_was_down
         await subscriber.wait_ready()
         outbox.add(_created("while-up"))
         relay.notify()
-        await async_wait_until(lambda: recorder.event_ids, timeout=5, what="the first event relayed")
+        await poll_until(lambda: recorder.event_ids, timeout=5, what="the first event relayed")
         await asyncio.to_thread(rabbitmq_node.stop)
         stored_while_down = [_created(f"while-down-{n}") for n in range(5)]
         for event in stored_while_down:
@@ -121,7 +122,7 @@ async def test_the_outbox_relay_delivers_events_stored_while_the_broker_was_down
         await asyncio.sleep(1.0)
         assert len(outbox.pending()) == 5, "nothing is marked published while the broker is down"
         await asyncio.to_thread(rabbitmq_node.start)
-        await async_wait_until(lambda: len(recorder.event_ids) >= 6, timeout=CATCH_UP_S, what="the backlog relayed")
+        await poll_until(lambda: len(recorder.event_ids) >= 6, timeout=CATCH_UP_S, what="the backlog relayed")
         await asyncio.sleep(0.5)  # room for a duplicate to show up
     assert outbox.pending() == []
     counts = collections.Counter(recorder.event_ids)

@@ -11,6 +11,8 @@ import pytest
 from acme.orders.v1 import events_pb2, orders_pb2
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from localmesh.testing import RabbitMQNode, free_port
+from protomesh.aio import poll_until
 from protomesh.events import (
     CONTENT_TYPE,
     Delivery,
@@ -20,7 +22,6 @@ from protomesh.events import (
     Subscriber,
     current_delivery,
 )
-from protomesh.testing import RabbitMQNode, async_wait_until, free_port
 
 
 def _created(order_id: str) -> events_pb2.OrderCreated:
@@ -51,7 +52,7 @@ async def test_a_published_event_is_confirmed_and_reaches_the_handler_decoded(
         async with Publisher(rabbitmq_node.url, exchange=exchange, app_id="orders") as publisher:
             event = _created("o-1")
             await publisher.publish(event)
-        await async_wait_until(lambda: received, timeout=5, what="OrderCreated handled")
+        await poll_until(lambda: received, timeout=5, what="OrderCreated handled")
     decoded, delivery = received[0]
     assert decoded == event
     assert event.event_id, "publish stamps an event id on the event it sends"
@@ -81,9 +82,9 @@ async def test_a_handler_failing_every_time_sends_its_event_to_the_dlq_and_later
             poison = _created("poison")
             await publisher.publish(poison)
             await publisher.publish(_created("good-1"))
-            await async_wait_until(lambda: len(attempts) == 3 and handled, timeout=10, what="poison retried")
+            await poll_until(lambda: len(attempts) == 3 and handled, timeout=10, what="poison retried")
             await publisher.publish(_created("good-2"))
-            await async_wait_until(lambda: len(handled) == 2, timeout=5, what="a later event handled")
+            await poll_until(lambda: len(handled) == 2, timeout=5, what="a later event handled")
     assert attempts == [1, 2, 3]
     assert handled == ["good-1", "good-2"]
     [dead] = await _take_all(amqp_channel, "g-poison.dlq")
@@ -111,9 +112,9 @@ async def test_an_undecodable_body_or_unknown_type_goes_to_the_dlq_without_a_ret
                              routing_key=routing_key)
         async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
             await publisher.publish(_created("good"))
-        await async_wait_until(lambda: handled, timeout=5, what="the good event handled")
+        await poll_until(lambda: handled, timeout=5, what="the good event handled")
         dead = []
-        await async_wait_until(lambda: _collect(dead, amqp_channel, "g-garbage.dlq", 2), timeout=5,
+        await poll_until(lambda: _collect(dead, amqp_channel, "g-garbage.dlq", 2), timeout=5,
                                what="two dead letters")
     assert handled == ["good"]
     assert sorted(str(m.message_id) for m in dead) == ["corrupt", "unknown"]
@@ -142,7 +143,7 @@ async def test_prefetch_bounds_how_many_handlers_run_at_once(rabbitmq_node: Rabb
         await subscriber.wait_ready()
         async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
             await asyncio.gather(*(publisher.publish(_created(f"o-{n}")) for n in range(8)))
-        await async_wait_until(lambda: done == 8, timeout=10, what="8 events handled")
+        await poll_until(lambda: done == 8, timeout=10, what="8 events handled")
     assert peak == 2
 
 

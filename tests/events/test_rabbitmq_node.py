@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from protomesh.testing import MissingComponentError, RabbitMQNode, find_rabbitmq_script
+from localmesh.testing import MissingComponentError, RabbitMQNode, find_rabbitmq_script
 
 
 def test_a_missing_rabbitmq_tool_fails_with_a_message_naming_make_setup() -> None:

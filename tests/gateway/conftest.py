@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gateway_support import Stack, start_stack
 
-from protomesh.testing import project_root
+from localmesh.testing import project_root
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from protomesh.testing import ConsulAgent, EnvoyGateway, ManagedProcess, project_root, wait_until
+from localmesh.testing import TEST_ROUTE_TIMEOUT_S, ConsulAgent, Gateway, ManagedProcess, project_root, wait_until
 
 log = logging.getLogger("gateway-e2e")
 
@@ -92,7 +92,7 @@ class Stack:
     """Consul + control plane + Envoy + users instances, started together for a test module."""
 
     consul: ConsulAgent
-    gateway: EnvoyGateway
+    gateway: Gateway
     users: UsersInstances
     descriptor: Path
     workdir: Path
@@ -112,7 +112,8 @@ def start_stack(workdir: Path, descriptor: Path) -> Stack:
     consul.start()
     watched = workdir / "protomesh.binpb"
     shutil.copyfile(descriptor, watched)
-    gateway = EnvoyGateway(workdir / "logs", consul_address=consul.address, descriptor=watched)
+    gateway = Gateway(workdir / "logs", consul_address=consul.address, descriptor=watched,
+                      route_timeout_s=TEST_ROUTE_TIMEOUT_S)
     users = UsersInstances(consul, workdir)
     stack = Stack(consul, gateway, users, watched, workdir)
     try:

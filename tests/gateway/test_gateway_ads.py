@@ -15,7 +15,7 @@ from gateway_envoy.catalog import ConsulService, Endpoint
 from gateway_envoy.descriptor import Descriptor, read_descriptor
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.snapshot import CLUSTER_TYPE, ENDPOINT_TYPE, Snapshot, build_snapshot
-from protomesh.testing import project_root
+from localmesh.testing import project_root
 
 # How long a test waits to be sure that nothing is sent.
 QUIET_S = 0.3

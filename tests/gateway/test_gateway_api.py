@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2_grpc
 
-from protomesh.testing import wait_until
+from localmesh.testing import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descript
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import RETRY_ON, TRANSCODER_FILTER, build_route_config
 from gateway_envoy.snapshot import LISTENER_TYPE, ROUTE_TYPE, build_snapshot, transcoded_services
-from protomesh.testing import find_binary, project_root
+from localmesh.testing import find_binary, project_root
 
 USERS = "acme.users.v1.UserService"
 OPTIONS = GatewayOptions()

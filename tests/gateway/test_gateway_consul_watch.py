@@ -14,9 +14,10 @@ import pytest
 from gateway_envoy.catalog import ConsulService, Endpoint, service_from_health
 from gateway_envoy.consul_checks import CheckRow, CheckRows, changed_services
 from gateway_envoy.consul_watch import DEFAULT_RESYNC_S, CatalogWatcher
+from localmesh.testing import ConsulAgent
 from protomesh._settings import ConsulSettings
+from protomesh.aio import poll_until
 from protomesh.consul import DEFAULT_WAIT, ConsulClient
-from protomesh.testing import ConsulAgent, async_wait_until
 
 # The old watch (one blocking query per service) never got past ~100 services: py-consul's 100 pooled
 # connections stayed held by blocking queries while the other services' first reads timed out.
@@ -97,11 +98,11 @@ async def test_a_check_turning_critical_removes_that_instance_and_leaves_other_s
         await asyncio.wait_for(watcher.ready.wait(), READ_WITHIN_S)
         orders = watcher.services["orders"]
         await register(consul_agent, [instance_body(NODES[0], "users", 0, status="critical")])
-        await async_wait_until(lambda: ports(watcher.services.get("users")) == {20_001}, timeout=CHANGE_WITHIN_S,
+        await poll_until(lambda: ports(watcher.services.get("users")) == {20_001}, timeout=CHANGE_WITHIN_S,
                                what="the critical instance left the endpoints")
         assert watcher.services["orders"] is orders  # not read again: its checks did not change
         await register(consul_agent, [instance_body(NODES[1], "users", 1, status="critical")])
-        await async_wait_until(lambda: not ports(watcher.services.get("users")), timeout=CHANGE_WITHIN_S,
+        await poll_until(lambda: not ports(watcher.services.get("users")), timeout=CHANGE_WITHIN_S,
                                what="every users instance failing")
         assert watcher.services["users"].grpc_services == (grpc_name("users"),)  # still routed (503, not 404)
 
@@ -113,7 +114,7 @@ async def test_a_failing_node_check_takes_every_instance_on_that_node_out(consul
         node_check = {"Node": NODES[1], "Address": "10.0.0.2",
                       "Check": {"CheckID": "node-health", "Name": "node", "Status": "critical"}}
         await asyncio.to_thread(consul_agent.put, "/v1/catalog/register", json.dumps(node_check))
-        await async_wait_until(
+        await poll_until(
             lambda: ports(watcher.services.get("users")) == ports(watcher.services.get("orders")) == {20_000},
             timeout=CHANGE_WITHIN_S, what="node-b's instances out of both services")
 
@@ -124,7 +125,7 @@ async def test_a_deregistered_service_leaves_the_state(consul_agent: ConsulAgent
         await asyncio.wait_for(watcher.ready.wait(), READ_WITHIN_S)
         body = {"Node": NODES[0], "ServiceID": "orders-0"}
         await asyncio.to_thread(consul_agent.put, "/v1/catalog/deregister", json.dumps(body))
-        await async_wait_until(lambda: set(watcher.services) == {"users"}, timeout=CHANGE_WITHIN_S,
+        await poll_until(lambda: set(watcher.services) == {"users"}, timeout=CHANGE_WITHIN_S,
                                what="orders gone")
 
 
@@ -136,7 +137,7 @@ async def test_an_agent_restart_resets_the_index_and_rebuilds_the_state_from_the
         assert len(watcher.services) == 20
         await asyncio.to_thread(consul_agent.restart)  # a dev agent forgets everything; its index starts over
         await register(consul_agent, [instance_body(NODES[0], "fresh", 0)])
-        await async_wait_until(lambda: set(watcher.services) == {"fresh"}, timeout=10,
+        await poll_until(lambda: set(watcher.services) == {"fresh"}, timeout=10,
                                what="the state of the restarted agent")
         assert ports(watcher.services["fresh"]) == {20_000}
 
@@ -175,7 +176,7 @@ async def test_a_change_that_touches_no_check_is_caught_by_the_periodic_full_rea
         renamed = instance_body(NODES[0], "users", 0, grpc_services="acme.users.v2.UserService")
         del renamed["Checks"]  # the service alone is re-registered: no check changes, the blocking query sleeps
         await register(consul_agent, [renamed])
-        await async_wait_until(
+        await poll_until(
             lambda: watcher.services["users"].grpc_services == ("acme.users.v2.UserService",),
             timeout=5, what="the new meta seen")
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from gateway_support import Stack, run_load, step
 
-from protomesh.testing import async_wait_until
+from protomesh.aio import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ async def test_a_new_instance_receives_traffic_within_1_5_s_of_starting(stack: S
     async def served() -> bool:
         return (await asyncio.to_thread(stack.gateway.hosts, "users")).get(address, 0) > 0
 
-    await async_wait_until(served, timeout=5, what=f"traffic on {address}", interval=0.01)
+    await poll_until(served, timeout=5, what=f"traffic on {address}", interval=0.01)
     served_at = time.monotonic()
     served_event.set()
     elapsed = served_at - stack.users.spawned_at[entry["ID"]]
@@ -97,7 +97,7 @@ async def test_restarting_the_control_plane_under_load_fails_no_request(stack: S
     step("the restarted control plane computed the same snapshot version (content hash)")
     assert stack.gateway.status()["version"] == version
     step("Envoy reconnected to it")
-    await async_wait_until(lambda: stack.gateway.status()["streams"] == 1, timeout=10, what="ADS reconnect")
+    await poll_until(lambda: stack.gateway.status()["streams"] == 1, timeout=10, what="ADS reconnect")
 
 
 async def test_restarting_consul_under_load_fails_no_request(stack: Stack) -> None:
@@ -109,4 +109,4 @@ async def test_restarting_consul_under_load_fails_no_request(stack: Stack) -> No
     assert result.failures == []
     assert result.ok > 0
     step("the users instance registered itself again in the new agent")
-    await async_wait_until(stack.users.passing_addresses, timeout=10, what="re-registration")
+    await poll_until(stack.users.passing_addresses, timeout=10, what="re-registration")

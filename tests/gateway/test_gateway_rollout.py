@@ -13,8 +13,9 @@ import pytest
 from gateway_support import Stack, rest, step
 from google.protobuf import descriptor_pb2
 
+from localmesh.testing import ManagedProcess, project_root
 from protomesh._codegen import EXTRA_DESCRIPTOR_FILES, contract_files
-from protomesh.testing import ManagedProcess, async_wait_until, project_root
+from protomesh.aio import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ async def test_a_descriptor_missing_a_deployed_service_is_nacked_and_previous_ro
     original = stack.descriptor.read_bytes()
     nacks_before = int(stack.gateway.status()["nacks_total"])  # type: ignore[call-overload]
     replace_atomically(stack.descriptor, without_service(original, "acme.users.v1.UserService"))
-    await async_wait_until(lambda: int(stack.gateway.status()["nacks_total"]) > nacks_before,  # type: ignore[call-overload]
+    await poll_until(lambda: int(stack.gateway.status()["nacks_total"]) > nacks_before,  # type: ignore[call-overload]
                            timeout=10, what="a NACK from Envoy")
     status = stack.gateway.status()
     step("the control plane counted the NACK and logged Envoy's reason: %s", status["last_nack"])
@@ -125,7 +126,7 @@ async def test_a_new_contract_and_instance_answer_rest_through_the_running_gatew
         instance.ensure_alive()
         return (await rest(stack.gateway.url, "GET", "/v1/widgets/w-1")).status == 200
 
-    await async_wait_until(answers, timeout=ROLLOUT_WITHIN_S, what="GET /v1/widgets/w-1 answering", interval=0.05)
+    await poll_until(answers, timeout=ROLLOUT_WITHIN_S, what="GET /v1/widgets/w-1 answering", interval=0.05)
     reply = await rest(stack.gateway.url, "GET", "/v1/widgets/w-1")
     elapsed = time.monotonic() - started
     step("GET /v1/widgets/w-1 answers %s, %.2f s after the instance was started", reply.body, elapsed)

@@ -1,9 +1,7 @@
-"""docker-compose.yml describes the same mesh `protomesh up` runs, and Debian's docker-compose accepts it."""
+"""docker-compose.yml is the mesh's one topology: Debian's docker-compose accepts it and protomesh up can run it."""
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import subprocess
 from typing import Any
@@ -11,71 +9,57 @@ from typing import Any
 import pytest
 import yaml
 
-from protomesh._mesh.topology import COMPONENTS, SERVICES, MeshPlan, MeshPorts
-from protomesh.testing import MissingComponentError, project_root
+from gateway_envoy.bootstrap import DEFAULT_ADMIN_PORT
+from gateway_envoy.options import DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT
+from localmesh.compose import variable_defaults
+from localmesh.testing import MissingComponentError, project_root
+from localmesh.topology import INFRASTRUCTURE, SERVICE_KIND, Topology
 
 ROOT = project_root()
+FILE = ROOT / "docker-compose.yml"
 
 
 def _compose() -> dict[str, Any]:
-    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    loaded = yaml.safe_load(FILE.read_text())
     assert isinstance(loaded, dict)
     return loaded
-
-
-def _published(spec: dict[str, Any]) -> dict[int, str]:
-    """container port -> the ${VAR:-default} expression that publishes it."""
-    published = {}
-    for entry in spec.get("ports", []):
-        host, container = entry.rsplit(":", 1)
-        published[int(container)] = host
-    return published
 
 
 def test_compose_accepts_the_file() -> None:
     binary = shutil.which("docker-compose")
     if binary is None:
         raise MissingComponentError("docker-compose is not installed: run `make setup`")
-    result = subprocess.run([binary, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run([binary, "-f", str(FILE), "config", "-q"], capture_output=True, text=True, timeout=60,
+                            check=False)
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_lists_the_components_of_the_local_mesh() -> None:
-    assert set(_compose()["services"]) == set(COMPONENTS)
+def test_the_local_runner_reads_every_entry_as_infrastructure_or_a_protomesh_service() -> None:
+    topology = Topology.load(ROOT, {})
+    kinds = {spec.kind for spec in topology.specs.values()}
+    assert {"consul", "rabbitmq", "controlplane", "gateway", SERVICE_KIND} <= kinds <= {*INFRASTRUCTURE, SERVICE_KIND}
+    assert [spec.name for spec in topology.services] == ["users", "notifications", "orders"]
+    assert topology.specs["users"].replicas == 2
 
 
-@pytest.mark.parametrize(("component", "container_port", "field"), [
-    ("gateway", 8080, "gateway"), ("gateway", 9901, "envoy_admin"),
-    ("consul", 8500, "consul"), ("rabbitmq", 5672, "amqp"),
+@pytest.mark.parametrize(("variable", "default"), [
+    ("GATEWAY_PORT", DEFAULT_LISTEN_PORT), ("ENVOY_ADMIN_PORT", DEFAULT_ADMIN_PORT), ("XDS_PORT", DEFAULT_XDS_PORT),
+    ("CONSUL_PORT", 8500), ("AMQP_PORT", 5672),
 ])
-def test_published_ports_use_the_local_defaults_and_variables(component: str, container_port: int,
-                                                              field: str) -> None:
-    expression = _published(_compose()["services"][component])[container_port]
-    variable, default = re.fullmatch(r"\$\{(\w+):-(\d+)\}", expression).groups()  # type: ignore[union-attr]
-    assert variable == MeshPorts.ENV[field]
-    assert int(default) == getattr(MeshPorts(), field)
+def test_the_published_ports_default_to_the_documented_ones_the_gateway_uses_alone(variable: str,
+                                                                                     default: int) -> None:
+    assert variable_defaults(FILE)[variable] == str(default)
 
 
-@pytest.mark.parametrize("service", SERVICES)
-def test_each_service_gets_the_same_environment_keys_as_locally(service: str) -> None:
-    compose_env = _compose()["services"][service]["environment"]
-    local_env = MeshPlan(ROOT).service_env(service)
-    assert set(local_env) <= set(compose_env)
-
-
-def test_replicas_match_the_local_defaults() -> None:
-    services = _compose()["services"]
-    plan = MeshPlan(ROOT)
-    for service in SERVICES:
-        replicas = services[service].get("deploy", {}).get("replicas", 1)
-        expanded = os.path.expandvars(str(replicas))
-        default = re.fullmatch(r"\$\{\w+:-(\d+)\}", expanded)
-        assert int(default.group(1) if default else expanded) == plan.replicas[service]
-
-
-def test_every_built_service_has_a_dockerfile_and_a_healthcheck() -> None:
+def test_every_service_has_a_healthcheck_and_every_build_a_dockerfile() -> None:
     for name, spec in _compose()["services"].items():
         assert "healthcheck" in spec, name
         if "build" in spec:
             assert (ROOT / spec["build"]["dockerfile"]).is_file(), name
+
+
+def test_admin_surfaces_are_published_on_loopback_only() -> None:
+    services = _compose()["services"]
+    published = [(name, entry) for name, spec in services.items() for entry in spec.get("ports", [])]
+    public = [f"{name}: {entry}" for name, entry in published if not str(entry).startswith("127.0.0.1:")]
+    assert public == ["gateway: ${GATEWAY_PORT:-8080}:8080"]

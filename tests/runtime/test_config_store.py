@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from localmesh.testing import ConsulAgent
 from protomesh._config import ConfigStore, seed_config
 from protomesh._settings import ConsulSettings, ServiceSettings
+from protomesh.aio import poll_until
 from protomesh.consul import ConsulClient
-from protomesh.testing import ConsulAgent, async_wait_until
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,13 @@ async def test_an_invalid_kv_value_is_rejected_and_the_last_good_settings_stay(
         seen: list[UsersSettings] = []
         store.subscribe(seen.append)
         await asyncio.to_thread(consul_agent.put, "/v1/kv/protomesh/config/users/max_page_size", "50")
-        await async_wait_until(lambda: store.current.max_page_size == 50, timeout=5, what="first change")
+        await poll_until(lambda: store.current.max_page_size == 50, timeout=5, what="first change")
         await asyncio.to_thread(consul_agent.put, "/v1/kv/protomesh/config/users/max_page_size", "lots")
-        await async_wait_until(lambda: "rejected change" in caplog.text, timeout=5, what="rejection logged")
+        await poll_until(lambda: "rejected change" in caplog.text, timeout=5, what="rejection logged")
         assert store.current.max_page_size == 50
         assert "protomesh/config/users/max_page_size: max_page_size: expected int, got 'lots'" in caplog.text
         await asyncio.to_thread(consul_agent.put, "/v1/kv/protomesh/config/users/max_page_size", "70")
-        await async_wait_until(lambda: store.current.max_page_size == 70, timeout=5, what="recovery")
+        await poll_until(lambda: store.current.max_page_size == 70, timeout=5, what="recovery")
         assert [s.max_page_size for s in seen] == [50, 70]
     finally:
         await close_store(consul, store)
@@ -101,7 +102,7 @@ async def test_a_service_starts_without_consul_and_applies_kv_once_consul_is_up(
         assert store.current.max_page_size == 10
         await asyncio.to_thread(consul_agent.start)
         await asyncio.to_thread(consul_agent.put, "/v1/kv/protomesh/config/users/max_page_size", "60")
-        took = await async_wait_until(lambda: store.current.max_page_size == 60, timeout=10, what="KV applied")
+        took = await poll_until(lambda: store.current.max_page_size == 60, timeout=10, what="KV applied")
         log.info("Consul up + KV put -> applied took %.2fs", took)
     finally:
         await close_store(consul, store)

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from localmesh.testing import ConsulAgent
 from protomesh._settings import ConsulSettings
+from protomesh.aio import poll_until
 from protomesh.consul import ConsulClient, blocking_timeout, watch
-from protomesh.testing import ConsulAgent, async_wait_until
 
 
 class ScriptedFetch:
@@ -50,7 +51,7 @@ async def test_the_index_is_passed_on_and_reset_when_it_goes_backwards() -> None
     fetch = ScriptedFetch([(10, "a"), (12, "b"), (3, "c"), (4, "d")])
     seen: list[object] = []
     async with watching(fetch, seen):
-        await async_wait_until(lambda: len(fetch.asked) == 5, timeout=2, what="five queries")
+        await poll_until(lambda: len(fetch.asked) == 5, timeout=2, what="five queries")
     assert fetch.asked == [None, 10, 12, None, 4]
     assert seen == ["a", "b", "c", "d"]
 
@@ -61,7 +62,7 @@ async def test_errors_reset_the_index_and_back_off() -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with watching(fetch, seen):
-        await async_wait_until(lambda: len(fetch.asked) == 5, timeout=3, what="five queries")
+        await poll_until(lambda: len(fetch.asked) == 5, timeout=3, what="five queries")
     assert fetch.asked == [None, 10, None, None, 2]
     assert loop.time() - started >= 0.2, "two failures must back off (~0.1 s then ~0.2 s)"
     assert seen == ["a"], "an unchanged value after recovery is not delivered again"
@@ -70,7 +71,7 @@ async def test_errors_reset_the_index_and_back_off() -> None:
 async def test_index_zero_is_never_used_for_blocking() -> None:
     fetch = ScriptedFetch([(0, "a"), (0, "a")])
     async with watching(fetch, []):
-        await async_wait_until(lambda: len(fetch.asked) == 3, timeout=2, what="three queries")
+        await poll_until(lambda: len(fetch.asked) == 3, timeout=2, what="three queries")
     assert fetch.asked == [None, 1, 1]
 
 
@@ -84,7 +85,7 @@ async def test_a_failing_change_handler_does_not_end_the_watch() -> None:
             raise RuntimeError("handler bug")
 
     task = asyncio.create_task(watch(fetch, on_change))
-    await async_wait_until(lambda: seen == ["a", "b"], timeout=2, what="both values")
+    await poll_until(lambda: seen == ["a", "b"], timeout=2, what="both values")
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -116,11 +117,11 @@ async def test_the_watch_follows_a_restarted_agent_from_its_new_smaller_index(co
             return await consul.kv_prefix("watched/", index=index, wait="5s")
 
         async with watching(fetch, seen, wait="5s"):
-            await async_wait_until(lambda: seen == [{"watched/key": "before"}], timeout=5, what="first value")
+            await poll_until(lambda: seen == [{"watched/key": "before"}], timeout=5, what="first value")
             high = max(i for i in asked if i is not None) if any(asked) else 0
             await asyncio.to_thread(consul_agent.restart)
             await asyncio.to_thread(consul_agent.put, "/v1/kv/watched/key", "after")
-            took = await async_wait_until(lambda: seen[-1] == {"watched/key": "after"}, timeout=5,
+            took = await poll_until(lambda: seen[-1] == {"watched/key": "after"}, timeout=5,
                                           what="value written after the restart")
     assert took < 3.0
     reset_at = asked.index(None, 1)

@@ -12,9 +12,10 @@ from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_registry_support import USER_SERVICE, consul_client, passing_ids, registered, serving
 
+from localmesh.testing import ConsulAgent
 from protomesh._context import bind_call, reset_call
 from protomesh._discovery import DiscoveryChannel
-from protomesh.testing import ConsulAgent, async_wait_until
+from protomesh.aio import poll_until
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ async def call_tags(channel: DiscoveryChannel, count: int) -> Counter[str]:
 async def test_calls_are_spread_over_every_passing_instance(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, serving("green") as green, \
             registered(consul, blue), registered(consul, green):
-        await async_wait_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
+        await poll_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
         async with await DiscoveryChannel.open(consul, "users") as channel:
             assert len(channel.targets) == 2
             tags = await call_tags(channel, 20)
@@ -41,7 +42,7 @@ async def test_calls_are_spread_over_every_passing_instance(consul_agent: Consul
 async def test_calls_move_to_the_remaining_instance_when_one_is_stopped(consul_agent: ConsulAgent, how: str) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue), \
             serving("green") as green, registered(consul, green) as green_registration:
-        await async_wait_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
+        await poll_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
         async with await DiscoveryChannel.open(consul, "users", close_grace_s=0.1) as channel:
             assert set((await call_tags(channel, 4)).keys()) == {"blue", "green"}
             green_target = f"127.0.0.1:{green.port}"
@@ -49,28 +50,28 @@ async def test_calls_move_to_the_remaining_instance_when_one_is_stopped(consul_a
             if how == "deregistered":  # a graceful shutdown: deregister, then stop
                 await green_registration.deregister()
             await green.server.stop(None)
-            took = await async_wait_until(lambda: green_target not in channel.targets, timeout=10,
+            took = await poll_until(lambda: green_target not in channel.targets, timeout=10,
                                           what="green dropped")
             log.info("%s -> discovery dropped the instance in %.2fs", how, took)
             # once discovery has caught up, not a single call may fail
             assert await call_tags(channel, 20) == Counter({"blue": 20})
-            await async_wait_until(lambda: not channel._retiring.running, timeout=2, what="retired channel closed")
+            await poll_until(lambda: not channel._retiring.running, timeout=2, what="retired channel closed")
             assert green_channel.get_state() == grpc.ChannelConnectivity.SHUTDOWN
 
 
 async def test_calls_follow_an_instance_that_fails_its_check(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, serving("green") as green, \
             registered(consul, blue), registered(consul, green):
-        await async_wait_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
+        await poll_until(lambda: len(passing_ids(consul_agent)) == 2, timeout=10, what="two passing")
         async with await DiscoveryChannel.open(consul, "users") as channel:
             await green.health.set(USER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-            await async_wait_until(lambda: len(channel.targets) == 1, timeout=5, what="green dropped")
+            await poll_until(lambda: len(channel.targets) == 1, timeout=5, what="green dropped")
             assert await call_tags(channel, 10) == Counter({"blue": 10})
 
 
 async def test_the_remaining_deadline_and_correlation_id_go_downstream(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue):
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
         async with await DiscoveryChannel.open(consul, "users") as channel:
             stub = users_service_pb2_grpc.UserServiceStub(channel)
             tokens = bind_call("cid-42", 0.2)  # what the server interceptor does for a handler
@@ -102,7 +103,7 @@ async def test_a_call_with_no_known_instance_fails_with_unavailable(consul_agent
 
 async def test_server_streaming_calls_go_through_the_channel_too(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue):
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
         async with await DiscoveryChannel.open(consul, "users") as channel:
             call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=USER_SERVICE),
                                                             timeout=5)
@@ -116,7 +117,7 @@ async def test_an_instance_registered_later_is_picked_up(consul_agent: ConsulAge
             await DiscoveryChannel.open(consul, "users", open_timeout_s=0.5) as channel:
         assert channel.targets == []
         async with serving("blue") as blue, registered(consul, blue):
-            took = await async_wait_until(lambda: channel.targets, timeout=5, what="instance discovered")
+            took = await poll_until(lambda: channel.targets, timeout=5, what="instance discovered")
             log.info("registration -> discovered in %.2fs", took)
             await asyncio.wait_for(channel.channel_ready(), timeout=5)
             assert await call_tags(channel, 2) == Counter({"blue": 2})
@@ -124,7 +125,7 @@ async def test_an_instance_registered_later_is_picked_up(consul_agent: ConsulAge
 
 async def test_close_stops_the_watch_and_closes_every_instance_channel(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue):
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
         channel = await DiscoveryChannel.open(consul, "users")
         [endpoint] = channel._endpoints.values()
         await channel.close()
@@ -136,7 +137,7 @@ async def test_close_stops_the_watch_and_closes_every_instance_channel(consul_ag
 
 async def test_calls_keep_working_while_the_agent_restarts(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue):
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
         async with await DiscoveryChannel.open(consul, "users") as channel:
             restart = asyncio.create_task(asyncio.to_thread(consul_agent.restart))
             calls = 0
@@ -145,7 +146,7 @@ async def test_calls_keep_working_while_the_agent_restarts(consul_agent: ConsulA
                 calls += 1
                 await asyncio.sleep(0.05)
             await restart
-            await async_wait_until(lambda: passing_ids(consul_agent), timeout=5, what="passing again")
+            await poll_until(lambda: passing_ids(consul_agent), timeout=5, what="passing again")
             assert calls > 5
             assert channel.targets == [f"127.0.0.1:{blue.port}"]
             assert await call_tags(channel, 3) == Counter({"blue": 3})

@@ -19,7 +19,7 @@ from protomesh import _interceptors
 from protomesh._context import CORRELATION_ID_KEY
 from protomesh._server import Server
 from protomesh._settings import ServerSettings
-from protomesh.testing import async_wait_until
+from protomesh.aio import poll_until
 
 CID_IN_MESSAGE = re.compile(r"^internal error \(correlation id: ([0-9a-f]{16})\)$")
 
@@ -157,7 +157,7 @@ async def test_the_access_log_has_one_line_per_call_with_method_code_and_correla
         return [r.getMessage() for r in caplog.records if r.name == "protomesh.access"]
 
     # A failed call's line is written once its status is sent, so it may land just after the client has it.
-    await async_wait_until(lambda: len(lines()) >= 2, timeout=2, what="the failed call's access log line")
+    await poll_until(lambda: len(lines()) >= 2, timeout=2, what="the failed call's access log line")
     assert len(lines()) == 2
     assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser OK \d+\.\d\dms cid=cid-ok", lines()[0])
     assert re.fullmatch(r"/acme\.users\.v1\.UserService/GetUser NOT_FOUND \d+\.\d\dms cid=cid-missing", lines()[1])

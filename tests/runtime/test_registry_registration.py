@@ -12,10 +12,11 @@ from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
 from grpc_health.v1 import health_pb2
 from test_registry_support import USER_SERVICE, consul_client, passing_ids, registered, serving
 
+from localmesh.testing import ConsulAgent, free_port
 from protomesh._registry import Registration
 from protomesh._settings import ConsulSettings
+from protomesh.aio import poll_until
 from protomesh.consul import ConsulClient
-from protomesh.testing import ConsulAgent, async_wait_until, free_port
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ async def test_a_registered_instance_is_passing_in_consul_within_two_seconds(con
     async with consul_client(consul_agent) as consul, serving("blue") as instance:
         started = time.monotonic()
         async with registered(consul, instance) as registration:
-            took = await async_wait_until(lambda: registration.instance_id in passing_ids(consul_agent),
+            took = await poll_until(lambda: registration.instance_id in passing_ids(consul_agent),
                                           timeout=10, what="instance passing")
             took = time.monotonic() - started
             log.info("registration -> passing took %.2fs", took)
@@ -60,9 +61,9 @@ async def test_the_check_is_a_native_grpc_check_on_the_full_service_name(consul_
 async def test_an_instance_whose_health_turns_not_serving_leaves_the_passing_list(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as instance, \
             registered(consul, instance):
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
         await instance.health.set(USER_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
-        took = await async_wait_until(lambda: not passing_ids(consul_agent), timeout=10, what="instance critical")
+        took = await poll_until(lambda: not passing_ids(consul_agent), timeout=10, what="instance critical")
         log.info("NOT_SERVING -> out of the passing list took %.2fs", took)
         assert took < CHECK_FAILURE_BUDGET_S
 
@@ -77,7 +78,7 @@ async def test_instance_ids_are_unique_for_the_same_address(consul_agent: Consul
 async def test_deregister_removes_the_instance_from_consul(consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as instance:
         async with registered(consul, instance):
-            await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
+            await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
         assert not passing_ids(consul_agent)
         assert consul_agent.get("/v1/catalog/service/users") == []
 
@@ -86,11 +87,11 @@ async def test_the_instance_is_registered_again_within_three_seconds_of_an_agent
         consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul, serving("blue") as instance, \
             registered(consul, instance) as registration:
-        await async_wait_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="instance passing")
         restarting = time.monotonic()
         await asyncio.to_thread(consul_agent.restart)
         back = time.monotonic()
-        await async_wait_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
+        await poll_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
                                what="instance passing again")
         took = time.monotonic() - back
         log.info("agent back -> instance passing again took %.2fs (%.2fs including the restart itself)",
@@ -111,7 +112,7 @@ async def test_serving_goes_on_while_consul_is_down_and_registration_lands_when_
         assert reply.user.display_name == "blue"
         await asyncio.to_thread(consul_agent.start)
         up = time.monotonic()
-        await async_wait_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
+        await poll_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
                                what="registration after Consul came up")
         log.info("Consul up -> instance passing took %.2fs", time.monotonic() - up)
         assert time.monotonic() - up < REREGISTRATION_BUDGET_S

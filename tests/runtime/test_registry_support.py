@@ -10,11 +10,11 @@ import grpc
 from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from localmesh.testing import ConsulAgent
 from protomesh._context import CORRELATION_ID_KEY
 from protomesh._registry import Registration
 from protomesh._settings import ConsulSettings
 from protomesh.consul import ConsulClient
-from protomesh.testing import ConsulAgent
 
 USER_SERVICE = users_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 

@@ -117,14 +117,14 @@ def test_micros_round_trip_exactly() -> None:
     assert from_micros(to_micros(moment)) == moment
 
 
-def test_a_relative_database_path_lands_in_the_checkout(tmp_path: Path) -> None:
-    (tmp_path / "protos").mkdir()
-    (tmp_path / "Makefile").touch()
-    (tmp_path / "services" / "x").mkdir(parents=True)
+def test_a_relative_database_path_lands_in_the_state_folder_and_nowhere_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROTOMESH_STATE_DIR", str(tmp_path / "state"))
 
-    assert database_file("var/x.db", cwd=tmp_path / "services" / "x") == tmp_path / "var" / "x.db"
+    assert database_file("var/x.db") == tmp_path / "state" / "var" / "x.db"
+    assert database_file("var/x.db", base=tmp_path) == tmp_path / "var" / "x.db"
     assert database_file("/abs/x.db") == Path("/abs/x.db")
-    assert str(database_file(MEMORY, cwd=tmp_path)) == MEMORY
+    assert str(database_file(MEMORY)) == MEMORY
 
 
 async def test_writes_cancelled_while_they_begin_leave_the_database_writable(tmp_path: Path) -> None:

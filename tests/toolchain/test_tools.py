@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from protomesh.testing import find_binary, project_root
+from localmesh.testing import find_binary, project_root
 
 
 def _version(binary: str, *args: str) -> str:

@@ -12,13 +12,10 @@ from typing import Protocol
 
 from app.broadcast import Broadcaster, Watch
 from protomesh import paging
-from protomesh.errors import FieldViolation, InvalidArgument
 from protomesh.paging import Cursor, Page, PageLimits
+from protomesh.validation import id_problems, raise_if
 
 log = logging.getLogger(__name__)
-
-# Ids longer than this are garbage that should not reach storage or logs.
-MAX_ID_LENGTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +110,7 @@ class Notifications:
         return notification
 
     async def list(self, *, user_id: str, page_size: int, page_token: str) -> Page[Notification]:
-        _raise_if(_user_id_violations(user_id))
+        raise_if(id_problems(user_id, "user_id"))
         return await paging.list_page(
             lambda after, limit: self.repo.list_after(after, user_id=user_id, limit=limit), limits=self.limits,
             page_size=page_size, page_token=page_token, key=_cursor, scope=user_id)
@@ -121,23 +118,10 @@ class Notifications:
     @contextmanager
     def watch(self, user_id: str) -> Iterator[Watch[Notification]]:
         """The user's notifications recorded from now on, until the block exits."""
-        _raise_if(_user_id_violations(user_id))
+        raise_if(id_problems(user_id, "user_id"))
         with self.broadcaster.watch(user_id) as watch:
             yield watch
 
 
-def _user_id_violations(user_id: str) -> list[FieldViolation]:
-    if not user_id:
-        return [FieldViolation("user_id", "is required")]
-    if len(user_id) > MAX_ID_LENGTH:
-        return [FieldViolation("user_id", f"must be at most {MAX_ID_LENGTH} characters")]
-    return []
-
-
 def _cursor(notification: Notification) -> Cursor:
     return Cursor(notification.create_time, notification.notification_id)
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)

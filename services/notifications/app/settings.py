@@ -11,7 +11,7 @@ from protomesh.events import DEFAULT_PREFETCH
 from protomesh.paging import PageSettings
 from protomesh.sqlite import database_file
 
-# Relative paths are resolved against the protomesh checkout (its var/ is git-ignored), see database_file.
+# Relative paths are resolved against PROTOMESH_STATE_DIR (else the working directory), see database_file.
 DEFAULT_DATABASE_PATH = "var/notifications/notifications.sqlite3"
 # The local broker `make up` starts; the URL carries credentials, so it is read from NOTIFICATIONS_AMQP_URL only.
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

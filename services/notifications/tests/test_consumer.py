@@ -10,8 +10,9 @@ from acme.orders.v1 import events_pb2, orders_pb2
 
 from app.consumer import CONSUMER_GROUP, event_handlers
 from app.domain import Notifications
+from localmesh.testing import RabbitMQNode
+from protomesh.aio import poll_until
 from protomesh.events import Publisher, Subscriber
-from protomesh.testing import RabbitMQNode, async_wait_until
 
 # After the last expected notification, wait this long for a duplicate that must not come.
 QUIET_S = 1.0
@@ -40,7 +41,7 @@ async def test_an_event_delivered_twice_makes_one_notification(rabbitmq_node: Ra
         await publisher.publish(event)
         await publisher.publish(event)  # what a relay crash between publish and mark would do
 
-        await async_wait_until(lambda: _count(notifications), timeout=10, what="notification stored")
+        await poll_until(lambda: _count(notifications), timeout=10, what="notification stored")
         await asyncio.sleep(QUIET_S)
 
     page = await notifications.list(user_id="u-1", page_size=100, page_token="")

@@ -20,9 +20,9 @@ from acme.orders.v1 import events_pb2, orders_pb2
 from app.consumer import CONSUMER_GROUP
 from app.main import SERVICE, build
 from app.settings import NotificationsSettings
+from localmesh.testing import ConsulAgent, RabbitMQNode, project_root
 from protomesh import RunningService, serve
 from protomesh.events import Publisher
-from protomesh.testing import ConsulAgent, RabbitMQNode, project_root
 
 # The service's shutdown grace in these tests; an open watch must end well before it runs out.
 GRACE_S = 3.0

@@ -17,7 +17,8 @@ from app.broadcast import Broadcaster
 from app.domain import Notification, Notifications, OrderCancelled, OrderPlaced
 from app.main import binding
 from protomesh import ServerSettings
-from protomesh.testing import async_wait_until, serve_bindings
+from protomesh.aio import poll_until
+from protomesh.testing import serve_bindings
 
 
 @dataclass
@@ -73,7 +74,7 @@ async def test_a_cancelled_watch_unsubscribes(served: Served) -> None:
 
     call.cancel()
 
-    await async_wait_until(lambda: served.broadcaster.watcher_count == 0, timeout=5, what="watcher removed")
+    await poll_until(lambda: served.broadcaster.watcher_count == 0, timeout=5, what="watcher removed")
 
 
 async def test_a_watch_ends_with_ok_when_the_service_shuts_down(served: Served) -> None:

@@ -11,13 +11,12 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from protomesh import paging
-from protomesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from protomesh.errors import FailedPrecondition, FieldViolation, NotFound
 from protomesh.paging import Cursor, Page, PageLimits
+from protomesh.validation import id_problems, raise_if, text_problems
 
 # total_cents is an int64 on the wire; a sum beyond it cannot be represented, so it is refused up front.
 MAX_TOTAL_CENTS = 2**63 - 1
-# Ids longer than this are garbage that should not reach storage, logs or other services.
-MAX_ID_LENGTH = 64
 MAX_SKU_LENGTH = 64
 MAX_REASON_LENGTH = 500
 NO_REASON = "no reason given"
@@ -147,7 +146,7 @@ class Orders:
         return order
 
     async def get(self, order_id: str) -> Order:
-        _raise_if(_id_violations(order_id, "order_id"))
+        raise_if(id_problems(order_id, "order_id"))
         order = await self.repo.get(order_id)
         if order is None:
             raise _not_found(order_id)
@@ -155,14 +154,15 @@ class Orders:
 
     async def list(self, *, user_id: str, page_size: int, page_token: str) -> Page[Order]:
         """Orders oldest first (of one user when user_id is set); the token is bound to that filter."""
-        _raise_if(_id_violations(user_id, "user_id", required=False))
+        raise_if(id_problems(user_id, "user_id", required=False))
         return await paging.list_page(
             lambda after, limit: self.repo.list_after(after, user_id=user_id, limit=limit), limits=self.limits,
             page_size=page_size, page_token=page_token, key=_cursor, scope=user_id)
 
     async def cancel(self, order_id: str, reason: str) -> Order:
         reason = reason.strip()
-        _raise_if([*_id_violations(order_id, "order_id"), *_reason_violations(reason)])
+        raise_if([*id_problems(order_id, "order_id"),
+                  *text_problems(reason, "reason", max_length=MAX_REASON_LENGTH)])
         async with self.repo.transaction() as tx:
             order = await tx.get(order_id)
             if order is None:
@@ -178,23 +178,20 @@ class Orders:
 
 def validate_draft(draft: OrderDraft) -> tuple[LineItem, ...]:
     """The draft's line items when every field is valid; else InvalidArgument listing each bad field."""
-    violations = _id_violations(draft.user_id, "order.user_id")
+    violations = id_problems(draft.user_id, "order.user_id")
     if not draft.line_items:
         violations.append(FieldViolation("order.line_items", "must have at least one line item"))
     for index, item in enumerate(draft.line_items):
         violations.extend(_item_violations(item, f"order.line_items[{index}]"))
     if not violations and sum(i.quantity * i.unit_price_cents for i in draft.line_items) > MAX_TOTAL_CENTS:
         violations.append(FieldViolation("order.line_items", "the order total is too large"))
-    _raise_if(violations)
+    raise_if(violations)
     return tuple(draft.line_items)
 
 
 def _item_violations(item: LineItem, path: str) -> list[FieldViolation]:
-    violations = []
-    if not item.sku.strip():
-        violations.append(FieldViolation(f"{path}.sku", "is required"))
-    elif len(item.sku) > MAX_SKU_LENGTH:
-        violations.append(FieldViolation(f"{path}.sku", f"must be at most {MAX_SKU_LENGTH} characters"))
+    sku = item.sku if item.sku.strip() else ""  # a blank sku counts as missing
+    violations = text_problems(sku, f"{path}.sku", max_length=MAX_SKU_LENGTH, required=True)
     if item.quantity < 1:
         violations.append(FieldViolation(f"{path}.quantity", "must be at least 1"))
     if item.unit_price_cents < 0:
@@ -202,27 +199,8 @@ def _item_violations(item: LineItem, path: str) -> list[FieldViolation]:
     return violations
 
 
-def _id_violations(value: str, path: str, *, required: bool = True) -> list[FieldViolation]:
-    if not value and required:
-        return [FieldViolation(path, "is required")]
-    if len(value) > MAX_ID_LENGTH:
-        return [FieldViolation(path, f"must be at most {MAX_ID_LENGTH} characters")]
-    return []
-
-
-def _reason_violations(reason: str) -> list[FieldViolation]:
-    if len(reason) > MAX_REASON_LENGTH:
-        return [FieldViolation("reason", f"must be at most {MAX_REASON_LENGTH} characters")]
-    return []
-
-
 def _cursor(order: Order) -> Cursor:
     return Cursor(order.create_time, order.order_id)
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)
 
 
 def _not_found(order_id: str) -> NotFound:

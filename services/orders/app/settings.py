@@ -9,7 +9,7 @@ from protomesh import ServiceSettings
 from protomesh.paging import PageSettings
 from protomesh.sqlite import database_file
 
-# Relative paths are resolved against the protomesh checkout (its var/ is git-ignored), see database_file.
+# Relative paths are resolved against PROTOMESH_STATE_DIR (else the working directory), see database_file.
 DEFAULT_DATABASE_PATH = "var/orders/orders.sqlite3"
 # The local broker `make up` starts; the URL carries credentials, so it is read from ORDERS_AMQP_URL only.
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"

@@ -15,8 +15,9 @@ from conftest import KNOWN_USER, UsersServicer
 
 from app.main import SERVICE, build
 from app.settings import OrdersSettings
+from localmesh.testing import ConsulAgent, free_port, project_root
 from protomesh import Binding, Context, RunningService, ServiceSettings, serve
-from protomesh.testing import ConsulAgent, async_wait_until, free_port, project_root
+from protomesh.aio import poll_until
 
 
 @dataclass
@@ -41,7 +42,7 @@ async def mesh(consul_agent: ConsulAgent, tmp_path: Path) -> AsyncIterator[Mesh]
     users = await serve("users", ServiceSettings, build_users, env=consul, config_dir=tmp_path / "no-config")
     orders: RunningService[OrdersSettings] | None = None
     try:
-        await async_wait_until(lambda: consul_agent.passing_instances("users"), timeout=15, what="users passing")
+        await poll_until(lambda: consul_agent.passing_instances("users"), timeout=15, what="users passing")
         orders = await serve(SERVICE, OrdersSettings, build, env=env, config_dir=project_root() / "config")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{orders.port}") as channel:
             yield Mesh(orders_service_pb2_grpc.OrderServiceStub(channel), servicer, database)

@@ -11,8 +11,9 @@ from conftest import KNOWN_USER, FakeUsers
 
 from app.domain import LineItem, OrderDraft, Orders
 from app.repo import SqliteOrderRepository
+from localmesh.testing import RabbitMQNode
+from protomesh.aio import poll_until
 from protomesh.events import EventHandlers, OutboxRelay, Publisher, Subscriber
-from protomesh.testing import RabbitMQNode, async_wait_until
 
 DRAFT = OrderDraft(KNOWN_USER, (LineItem("sku-1", 1, 100),))
 # Long enough that only relay.notify() can explain a prompt publish.
@@ -51,8 +52,8 @@ async def test_a_committed_order_is_published_at_once_and_marked(
             orders = Orders(repo, users, events_committed=relay.notify)
             order = await orders.create(DRAFT)
 
-            await async_wait_until(lambda: len(received.events) == 1, timeout=5, what="OrderCreated delivered")
-            await async_wait_until(lambda: _no_pending(repo), timeout=5, what="outbox row marked published")
+            await poll_until(lambda: len(received.events) == 1, timeout=5, what="OrderCreated delivered")
+            await poll_until(lambda: _no_pending(repo), timeout=5, what="outbox row marked published")
 
     assert received.events[0].order.order_id == order.order_id
 
@@ -77,8 +78,8 @@ async def test_an_order_placed_while_the_broker_is_down_succeeds_and_its_event_i
             assert await _pending(repo) == 1
 
             await asyncio.to_thread(rabbitmq_node.start)
-            await async_wait_until(lambda: _no_pending(repo), timeout=30, what="outbox drained after the outage")
-            await async_wait_until(lambda: len(received.events) >= 1, timeout=30, what="OrderCreated delivered")
+            await poll_until(lambda: _no_pending(repo), timeout=30, what="outbox drained after the outage")
+            await poll_until(lambda: len(received.events) >= 1, timeout=30, what="OrderCreated delivered")
             await asyncio.sleep(QUIET_S)
 
     assert [event.order.order_id for event in received.events] == [order.order_id]
@@ -97,6 +98,6 @@ async def test_an_order_placed_before_any_consumer_subscribed_is_delivered_once_
         async with Subscriber(rabbitmq_node.url, group="orders-test-late", exchange=exchange,
                               handlers=received.handlers()) as subscriber:
             await subscriber.wait_ready()
-            await async_wait_until(lambda: len(received.events) == 1, timeout=15, what="OrderCreated delivered")
+            await poll_until(lambda: len(received.events) == 1, timeout=15, what="OrderCreated delivered")
 
     assert received.events[0].order.order_id == order.order_id

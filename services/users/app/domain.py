@@ -11,16 +11,15 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from protomesh import paging
-from protomesh.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from protomesh.errors import AlreadyExists, FieldViolation, NotFound
 from protomesh.paging import Cursor, Page, PageLimits
+from protomesh.validation import id_problems, raise_if
 
 # RFC 5321 caps a path at 256 octets including its angle brackets, leaving 254 for the address,
 # and the part before the @ at 64.
 MAX_EMAIL_LENGTH = 254
 MAX_EMAIL_LOCAL_LENGTH = 64
 MAX_DISPLAY_NAME_LENGTH = 64
-# Ids are 32 hex digits; anything much longer is garbage that should not reach storage or messages.
-MAX_USER_ID_LENGTH = 64
 # Fields of User a client may change, in the order an empty update mask applies them.
 MUTABLE_FIELDS = ("email", "display_name")
 _OUTPUT_ONLY_FIELDS = frozenset({"user_id", "create_time", "update_time"})
@@ -99,14 +98,14 @@ class Users:
 
     async def create(self, fields: UserFields) -> User:
         values, violations = _clean(fields, MUTABLE_FIELDS)
-        _raise_if(violations)
+        raise_if(violations)
         now = self.clock()
         user = User(self.new_id(), values["email"], values["display_name"], now, now)
         await self.repo.add(user)
         return user
 
     async def get(self, user_id: str) -> User:
-        _raise_if(_id_violations(user_id, "user_id"))
+        raise_if(id_problems(user_id, "user_id"))
         user = await self.repo.get(user_id)
         if user is None:
             raise _not_found(user_id)
@@ -118,17 +117,17 @@ class Users:
                                       page_token=page_token, key=_cursor)
 
     async def update(self, user_id: str, fields: UserFields, paths: Sequence[str]) -> User:
-        violations = _id_violations(user_id, "user.user_id")
+        violations = id_problems(user_id, "user.user_id")
         names, mask_violations = _mask_fields(paths)
         values, field_violations = _clean(fields, names)
-        _raise_if([*violations, *mask_violations, *field_violations])
+        raise_if([*violations, *mask_violations, *field_violations])
         user = await self.repo.update(user_id, UserChanges(**values), self.clock())
         if user is None:
             raise _not_found(user_id)
         return user
 
     async def delete(self, user_id: str) -> None:
-        _raise_if(_id_violations(user_id, "user_id"))
+        raise_if(id_problems(user_id, "user_id"))
         if not await self.repo.delete(user_id):
             raise _not_found(user_id)
 
@@ -194,21 +193,8 @@ def _why_not_mutable(path: str) -> str:
     return "is output only" if path in _OUTPUT_ONLY_FIELDS else "is not a field of User"
 
 
-def _id_violations(user_id: str, path: str) -> list[FieldViolation]:
-    if not user_id:
-        return [FieldViolation(path, "is required")]
-    if len(user_id) > MAX_USER_ID_LENGTH:
-        return [FieldViolation(path, f"must be at most {MAX_USER_ID_LENGTH} characters")]
-    return []
-
-
 def _cursor(user: User) -> Cursor:
     return Cursor(user.create_time, user.user_id)
-
-
-def _raise_if(violations: list[FieldViolation]) -> None:
-    if violations:
-        raise InvalidArgument(violations)
 
 
 def _not_found(user_id: str) -> NotFound:

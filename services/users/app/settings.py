@@ -9,7 +9,7 @@ from protomesh import ServiceSettings
 from protomesh.paging import PageSettings
 from protomesh.sqlite import database_file
 
-# Relative paths are resolved against the protomesh checkout (its var/ is git-ignored), see database_file.
+# Relative paths are resolved against PROTOMESH_STATE_DIR (else the working directory), see database_file.
 DEFAULT_DATABASE_PATH = "var/users/users.db"
 
 
@@ -24,6 +24,6 @@ class UsersSettings(PageSettings, ServiceSettings):
         if not self.database_path:
             raise ValueError("database_path: must not be empty")
 
-    def database_file(self, cwd: Path | None = None) -> str:
+    def database_file(self, base: Path | None = None) -> str:
         """database_path made absolute (see protomesh.sqlite.database_file); ":memory:" stays as it is."""
-        return str(database_file(self.database_path, cwd=cwd))
+        return str(database_file(self.database_path, base=base))

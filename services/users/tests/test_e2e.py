@@ -15,8 +15,9 @@ from acme.users.v1.users_service_pb2_grpc import UserServiceStub
 
 from app.main import SERVICE, build
 from app.settings import UsersSettings
+from localmesh.testing import ConsulAgent, ManagedProcess, wait_until
 from protomesh import serve
-from protomesh.testing import ConsulAgent, ManagedProcess, async_wait_until, wait_until
+from protomesh.aio import poll_until
 
 SERVICE_DIR = Path(__file__).resolve().parents[1]
 USER_SERVICE = "acme.users.v1.UserService"
@@ -31,7 +32,7 @@ async def test_served_in_process_it_registers_and_follows_max_page_size_from_con
 ) -> None:
     env = {"CONSUL_HTTP_ADDR": consul_agent.address, "USERS_DATABASE_PATH": str(tmp_path / "users.db")}
     async with await serve(SERVICE, UsersSettings, build, env=env) as running:
-        await async_wait_until(lambda: asyncio.to_thread(consul_agent.passing_instances, SERVICE),
+        await poll_until(lambda: asyncio.to_thread(consul_agent.passing_instances, SERVICE),
                                what="users passing in Consul")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = UserServiceStub(channel)
@@ -44,7 +45,7 @@ async def test_served_in_process_it_registers_and_follows_max_page_size_from_con
                 page = await stub.ListUsers(users_service_pb2.ListUsersRequest(page_size=50), timeout=5)
                 return len(page.users) == 2
 
-            await async_wait_until(page_is_capped, timeout=15, what="max_page_size 2 from Consul KV applied")
+            await poll_until(page_is_capped, timeout=15, what="max_page_size 2 from Consul KV applied")
 
 
 def test_python_m_app_registers_passing_answers_and_stops_cleanly_on_sigterm(

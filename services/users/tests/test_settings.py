@@ -36,16 +36,21 @@ def test_a_page_size_below_one_is_a_config_error_naming_the_field(name: str) -> 
         load_settings(UsersSettings, "users", env={name: "0"}, config_dir=CHECKOUT / "config")
 
 
-def test_a_relative_database_path_lands_in_the_checkouts_var_folder_from_the_service_folder() -> None:
-    settings = UsersSettings(database_path="var/users/users.db")
+def test_a_relative_database_path_lands_in_the_state_folder_the_runner_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROTOMESH_STATE_DIR", str(tmp_path))
 
-    assert settings.database_file(cwd=SERVICE_DIR) == str(CHECKOUT / "var" / "users" / "users.db")
+    assert UsersSettings().database_file() == str(tmp_path.resolve() / "var" / "users" / "users.db")
 
 
-def test_outside_a_checkout_a_relative_database_path_is_relative_to_cwd(tmp_path: Path) -> None:
-    assert UsersSettings().database_file(cwd=tmp_path) == str(tmp_path.resolve() / "var" / "users" / "users.db")
+def test_without_a_state_folder_a_relative_database_path_is_relative_to_cwd(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PROTOMESH_STATE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    assert UsersSettings().database_file() == str(tmp_path.resolve() / "var" / "users" / "users.db")
 
 
 @pytest.mark.parametrize("path", ["/data/users.db", ":memory:"])
 def test_absolute_and_in_memory_database_paths_are_kept(path: str) -> None:
-    assert UsersSettings(database_path=path).database_file(cwd=SERVICE_DIR) == path
+    assert UsersSettings(database_path=path).database_file(base=SERVICE_DIR) == path

@@ -8,10 +8,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from protomesh._process import MissingComponentError, free_port, pid_alive, port_open, wait_until
+from localmesh.process import MissingComponentError, free_port, pid_alive, port_open, wait_until
 
 # A RabbitMQ boot takes ~8 s on an idle 2-core machine and over 12 s when other suites share it.
 DEFAULT_START_TIMEOUT_S = 60.0
@@ -197,12 +196,3 @@ def _read_pid(pid_file: Path) -> int | None:
         return None
     return int(text) if text.isdigit() else None
 
-
-def rabbitmq_node_fixture(base_dir: Path) -> Iterator[RabbitMQNode]:
-    """Body of the `rabbitmq_node` pytest fixture: a started node, always stopped afterwards."""
-    node = RabbitMQNode(base_dir)
-    node.start()
-    try:
-        yield node
-    finally:
-        node.stop()

@@ -1,48 +1,49 @@
-"""Child processes of the real programs protomesh runs (Consul, Envoy, RabbitMQ, services), and ports."""
+"""Child processes of the real programs the local mesh runs (Consul, Envoy, RabbitMQ, services), and ports."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 # How long a component may take to become ready before a test fails; generous for a loaded 2-core CI.
 DEFAULT_READY_TIMEOUT_S = 30.0
+# The file that makes a folder a protomesh project: it declares the mesh (see localmesh.topology).
+TOPOLOGY_FILE = "docker-compose.yml"
 
 
 class MissingComponentError(RuntimeError):
-    """A real component the tests need is not installed; tests fail loudly rather than skip."""
+    """A real component the mesh or a test needs is not installed; tests fail loudly rather than skip."""
 
 
-def find_checkout(start: Path | None = None) -> Path | None:
-    """The protomesh checkout: the nearest folder above start (or cwd) that holds a Makefile and protos/."""
+def find_project(start: Path | None = None) -> Path | None:
+    """The protomesh project: the nearest folder above start (or cwd) holding docker-compose.yml and protos/."""
     here = (start or Path.cwd()).resolve()
-    return next((f for f in (here, *here.parents) if (f / "protos").is_dir() and (f / "Makefile").is_file()), None)
+    return next((f for f in (here, *here.parents) if (f / TOPOLOGY_FILE).is_file() and (f / "protos").is_dir()),
+                None)
 
 
 def project_root(start: Path | None = None) -> Path:
-    """find_checkout(), or MissingComponentError when start is not inside one."""
-    root = find_checkout(start)
+    """find_project(), or MissingComponentError when start is not inside one."""
+    root = find_project(start)
     if root is None:
-        raise MissingComponentError(f"no protomesh checkout above {(start or Path.cwd()).resolve()}")
+        raise MissingComponentError(f"no protomesh project ({TOPOLOGY_FILE} + protos/) above "
+                                    f"{(start or Path.cwd()).resolve()}: run this inside a project, or pass --project")
     return root
 
 
-def find_binary(name: str) -> str:
+def find_binary(name: str, *, project: Path | None = None) -> str:
     """A tool from PATH or the project's .tools/bin, else MissingComponentError naming `make setup`."""
     found = shutil.which(name)
     if found:
         return found
-    try:
-        candidate = project_root() / ".tools" / "bin" / name
-    except MissingComponentError:
-        candidate = None
+    root = project or find_project()
+    candidate = root / ".tools" / "bin" / name if root is not None else None
     if candidate is not None and os.access(candidate, os.X_OK):
         return str(candidate)
     raise MissingComponentError(f"{name} is not installed: run `make setup` (CI runs it through `make test`)")
@@ -73,10 +74,12 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def wait_until(
-    check: Callable[[], bool], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str, interval: float = 0.05
-) -> None:
-    """Poll check until it is true; TimeoutError naming what did not happen."""
+def wait_until(check: Callable[[], bool], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str,
+               interval: float = 0.05) -> None:
+    """Poll check from blocking code until it is true; TimeoutError naming what did not happen.
+
+    Async code uses protomesh.aio.poll_until, the same loop for the event loop.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -85,42 +88,26 @@ def wait_until(
     raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
 
 
-async def async_wait_until(
-    check: Callable[[], object], *, timeout: float = DEFAULT_READY_TIMEOUT_S, what: str, interval: float = 0.02
-) -> float:
-    """Poll an async or sync check until truthy; returns the seconds it took."""
-    start = time.monotonic()
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"{what} did not happen within {timeout:.1f}s")
-        await asyncio.sleep(interval)
-
-
 class ManagedProcess:
-    """One child process with its log file; stop() ends exactly this process (and its group)."""
+    """One child process with its log file; start() may be called again after it exited (a restart).
 
-    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path, env: dict[str, str] | None = None,
+    stop() ends exactly this process (and its own process group), never anything found by name.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], *, log_dir: Path, env: Mapping[str, str] | None = None,
                  cwd: Path | None = None) -> None:
         self.name = name
         self.argv = list(argv)
-        self.env = env
+        self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
-            start_new_session=True,
-        )
-        log.close()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
 
     @property
     def pid(self) -> int:
@@ -129,6 +116,10 @@ class ManagedProcess:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        """The exit status once it exited (negative: the signal that ended it), None while running."""
+        return None if self.proc is None else self.proc.poll()
 
     def send_signal(self, sig: signal.Signals) -> None:
         if self.running():

@@ -6,14 +6,14 @@ import json
 import urllib.request
 from pathlib import Path
 
-from protomesh._process import ManagedProcess, find_binary, free_port, wait_until
+from localmesh.process import ManagedProcess, find_binary, free_port, wait_until
 
 
 class ConsulAgent:
     """`consul agent -dev` bound to 127.0.0.1; `restart()` loses all state like a real dev agent does."""
 
-    def __init__(self, log_dir: Path, *, http_port: int | None = None) -> None:
-        self.binary = find_binary("consul")
+    def __init__(self, log_dir: Path, *, http_port: int | None = None, project: Path | None = None) -> None:
+        self.binary = find_binary("consul", project=project)
         self.http_port = http_port or free_port()
         self._ports = {
             "-dns-port": "-1",

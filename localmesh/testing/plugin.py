@@ -1,4 +1,4 @@
-"""pytest plugin (auto-loaded through the `pytest11` entry point): fixtures for real components."""
+"""pytest plugin (auto-loaded through the `pytest11` entry point): fixtures that start real components."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from protomesh._mesh.consul import ConsulAgent
-from protomesh._mesh.rabbitmq import RabbitMQNode, rabbitmq_node_fixture
+from localmesh.consul import ConsulAgent
+from localmesh.rabbitmq import RabbitMQNode
 
 
 @pytest.fixture
@@ -25,4 +25,9 @@ def consul_agent(tmp_path: Path) -> Iterator[ConsulAgent]:
 @pytest.fixture(scope="module")
 def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
     """A real RabbitMQ node shared by one test module (a boot costs ~8 s); fails when RabbitMQ is missing."""
-    yield from rabbitmq_node_fixture(tmp_path_factory.mktemp("rabbitmq"))
+    node = RabbitMQNode(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
