@@ -1,4 +1,5 @@
-"""The conformance scenario, in Python, Go, TypeScript and Java, against one whole mesh through the gateway port."""
+"""The conformance scenario, in Python, Go, TypeScript and Java, against one whole mesh through the gateway port
+(plaintext, and over TLS with a bearer token through a front that requires both)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import logging
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 import pytest_asyncio
 
 from protomesh.testing import project_root
+from tests.clients.tls_front import TlsFront, tls_front
 from tests.e2e.conftest import RunningMesh
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -54,10 +57,17 @@ async def mesh(built_clients: None, running_mesh: RunningMesh) -> RunningMesh:
     return running_mesh
 
 
-async def run_client(language: str, gateway: str) -> tuple[int, str]:
-    """Runs one client against the gateway: (exit code, everything it printed)."""
+@pytest.fixture(scope="module")
+def front(mesh: RunningMesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsFront]:
+    """Envoy in front of the mesh's gateway: TLS with a test CA, and only calls with its token get through."""
+    with tls_front(tmp_path_factory.mktemp("tls-front"), upstream_port=mesh.plan.ports.gateway) as running:
+        yield running
+
+
+async def run_client(language: str, *args: str) -> tuple[int, str]:
+    """Runs one client with the given options: (exit code, everything it printed)."""
     cwd, argv = CLIENTS[language]
-    process = await asyncio.create_subprocess_exec(*argv, "--target", gateway, cwd=ROOT / cwd,
+    process = await asyncio.create_subprocess_exec(*argv, *args, cwd=ROOT / cwd,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         output, _ = await asyncio.wait_for(process.communicate(), timeout=RUN_TIMEOUT_S)
@@ -72,7 +82,25 @@ async def run_client(language: str, gateway: str) -> tuple[int, str]:
 @pytest.mark.parametrize("language", list(CLIENTS))
 async def test_each_client_passes_the_conformance_scenario_through_the_gateway(language: str,
                                                                                mesh: RunningMesh) -> None:
-    code, output = await run_client(language, mesh.gateway)
+    code, output = await run_client(language, "--target", mesh.gateway)
+    assert_passed(language, code, output)
+
+
+@pytest.mark.parametrize("language", list(CLIENTS))
+async def test_each_client_passes_it_over_tls_with_its_ca_file_and_bearer_token(language: str,
+                                                                                 front: TlsFront) -> None:
+    code, output = await run_client(language, "--target", front.address, "--ca-file", str(front.ca_file),
+                                    "--token", front.token)
+    assert_passed(language, code, output)
+
+
+async def test_the_tls_front_turns_a_call_without_the_token_away(front: TlsFront) -> None:
+    code, output = await run_client("python", "--target", front.address, "--ca-file", str(front.ca_file))
+    assert code == 1
+    assert output.startswith("FAIL create user: expected OK, got UNAUTHENTICATED"), output
+
+
+def assert_passed(language: str, code: int, output: str) -> None:
     log.info("%s client:\n%s", language, output)
     assert code == 0, f"the {language} client exited {code}:\n{output}"
     lines = output.strip().splitlines()
