@@ -12,7 +12,7 @@ PROTOS := $(shell find protos/acme -name '*.proto' 2>/dev/null | sort)
 # Every service of the project: a folder under services/ with an app/ package (protomesh new service adds one).
 SERVICES := $(patsubst services/%/app,%,$(wildcard services/*/app))
 
-.PHONY: help setup protos lint test up down status bench chaos clean
+.PHONY: help setup protos clients lint test up down status bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +24,9 @@ protos: ## Generate Python stubs (gen/python) and the gateway descriptor set (ge
 	@scripts/bootstrap.sh venv >/dev/null
 	@$(VENV)/bin/protomesh protos --root protos --python-out gen/python --descriptor-out $(DESCRIPTOR)
 
+clients: setup protos ## Generate and build the Go, TypeScript and Java clients (gen/go, clients/ts/dist, clients/java/target)
+	@scripts/clients.sh
+
 lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@echo "==> buf format"; cd protos && ../$(BUF) format --diff --exit-code --path acme
 	@echo "==> buf lint"; cd protos && ../$(BUF) lint
@@ -33,7 +36,7 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@# Each service's package is named `app`, so each is checked from its own folder.
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
-test: setup protos lint ## Run every test against real Consul, Envoy and RabbitMQ
+test: setup protos lint clients ## Run every test against real Consul, Envoy and RabbitMQ
 	@scripts/bootstrap.sh bench
 	@scripts/test.sh
 
@@ -55,4 +58,4 @@ chaos: setup protos ## Fault suite under load (~4 min): bench/results/chaos.json
 	@$(PY) -m bench.chaos $(ARGS)
 
 clean: ## Remove generated code and local state (keeps installed tools)
-	rm -rf gen var
+	rm -rf gen var clients/ts/gen clients/ts/dist clients/java/target

@@ -4,7 +4,8 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose buf googleprotos; on request: grpcurl (make up), bench (make bench)
+# Steps: venv envoy consul rabbitmq compose buf googleprotos; on request: grpcurl (make up), bench (make bench),
+# goplugins tspackages maven (make clients)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,6 +20,8 @@ ENVOY_VERSION=1.40.0
 BUF_VERSION=1.75.0
 GRPCURL_VERSION=v1.9.3
 GHZ_VERSION=v0.120.0
+PROTOC_GEN_GO_VERSION=v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 
 step() { printf '==> %s\n' "$*"; }
 ok() { printf '    %s\n' "$*"; }
@@ -187,13 +190,50 @@ step_bench() {
   else ok "wrk missing and not root (bench uses its Python HTTP load generator)"; fi
 }
 
+# `make clients`: protoc plugins for Go. protoc itself is grpcio-tools' (in .venv): Debian's is too old.
+step_goplugins() {
+  step "protoc-gen-go $PROTOC_GEN_GO_VERSION + protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION (go install into .tools/bin)"
+  local gen="$TOOLS/bin/protoc-gen-go" grpc="$TOOLS/bin/protoc-gen-go-grpc"
+  if [ -x "$gen" ] && [ "$("$gen" --version)" = "protoc-gen-go $PROTOC_GEN_GO_VERSION" ] &&
+    [ -x "$grpc" ] && [ "$("$grpc" --version)" = "protoc-gen-go-grpc ${PROTOC_GEN_GO_GRPC_VERSION#v}" ]; then
+    ok "up to date"; return
+  fi
+  need go "the Go client needs Go 1.26 or newer: install Go"
+  quietly env GOBIN="$TOOLS/bin" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
+  quietly env GOBIN="$TOOLS/bin" go install "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
+  ok "installed"
+}
+
+# `make clients`: the TypeScript client's packages (protoc-gen-es, Connect, tsc), pinned by its lockfile.
+step_tspackages() {
+  step "TypeScript client packages (npm ci into clients/ts/node_modules, pinned: clients/ts/package-lock.json)"
+  local dir="$ROOT/clients/ts" want stamp="$ROOT/clients/ts/node_modules/.protomesh-stamp"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  need npm "the TypeScript client needs Node.js and npm: install them"
+  quietly npm ci --no-audit --no-fund --prefix "$dir"
+  echo "$want" >"$stamp"
+  ok "installed"
+}
+
+# `make clients`: Maven and a JDK build the Java client; Maven keeps what it downloads in its own ~/.m2.
+step_maven() {
+  step "maven + JDK 17 (Debian packages; the Java client's plugins and libraries go to Maven's ~/.m2)"
+  if ! type -P mvn >/dev/null || ! type -P javac >/dev/null; then
+    as_root || die "maven or javac is missing: run 'sudo apt-get install -y maven openjdk-17-jdk-headless'"
+    apt_install maven openjdk-17-jdk-headless
+  fi
+  ok "$(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(javac -version 2>&1)"
+}
+
 main() {
   local steps=("$@")
   [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose buf googleprotos)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench)" ;;
+      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench | goplugins | tspackages | maven)
+        "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench goplugins tspackages maven)" ;;
     esac
   done
 }
