@@ -101,11 +101,13 @@ def _run_descriptor_program(out: Path) -> None:
     go = shutil.which("go")
     if go is None:
         raise MissingComponentError("go is not installed: the interop suite builds grpc-go's contracts with it "
-                                    "(install Go, then run `make setup`)")
+                                    "(install Go, then run `scripts/bootstrap.sh interop`, the `make setup` step "
+                                    "that `make test` runs)")
     result = subprocess.run([go, "run", ".", "-out", str(out)], cwd=PROGRAM_DIR, capture_output=True, text=True,
                             timeout=GO_RUN_TIMEOUT_S, check=False)
     if result.returncode != 0:
-        raise MissingComponentError(f"`go run` in {PROGRAM_DIR} failed (run `make setup`):\n{result.stderr}")
+        raise MissingComponentError(f"`go run` in {PROGRAM_DIR} failed (`scripts/bootstrap.sh interop` fetches "
+                                    f"its modules):\n{result.stderr}")
 
 
 def _compile_python(descriptor_set: Path, out: Path) -> None:

@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from protomesh.testing import find_binary
+from protomesh.testing import MissingComponentError, find_binary
 
 CLIENT = "grpc-interop-client"
 # Every case that needs no cloud credentials, in the order of grpc's interop-test-descriptions.md.
@@ -53,8 +53,21 @@ class ClientRun:
                 f"$ {' '.join(self.argv)}\n{self.output}")
 
 
+# The bootstrap step that installs the client (`make test` runs it; plain `make setup` does not).
+INSTALL_HINT = "scripts/bootstrap.sh interop"
+
+
+def client_binary() -> str:
+    """The installed client; a missing one fails the test (never skips) and says how to install it."""
+    try:
+        return find_binary(CLIENT)
+    except MissingComponentError:
+        raise MissingComponentError(f"{CLIENT} (grpc-go's interop client) is not installed: run `{INSTALL_HINT}`, "
+                                    "the bootstrap step of `make setup` that `make test` runs") from None
+
+
 def client_argv(case: str, host: str, port: int) -> tuple[str, ...]:
-    argv = [find_binary(CLIENT), "-server_host", host, "-server_port", str(port), "-test_case", case]
+    argv = [client_binary(), "-server_host", host, "-server_port", str(port), "-test_case", case]
     if case in ORCA_CASES:
         argv += ["-service_config_json", ORCA_SERVICE_CONFIG]
     if case in SOAK_CASES:
