@@ -37,7 +37,7 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
 test: setup protos lint clients ## Run every test against real Consul, Envoy and RabbitMQ
-	@scripts/bootstrap.sh bench
+	@scripts/bootstrap.sh bench interop
 	@scripts/test.sh
 
 up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)

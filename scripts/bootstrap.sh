@@ -5,7 +5,7 @@
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
 # Steps: venv envoy consul rabbitmq compose buf googleprotos; on request: grpcurl (make up), bench (make bench),
-# goplugins tspackages maven (make clients)
+# goplugins tspackages maven (make clients), interop (make test)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,6 +22,8 @@ GRPCURL_VERSION=v1.9.3
 GHZ_VERSION=v0.120.0
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+# grpc-go release whose interop client (and contracts, see tests/interop/descriptors) the interop suite runs.
+GRPC_GO_VERSION=v1.85.0
 
 step() { printf '==> %s\n' "$*"; }
 ok() { printf '    %s\n' "$*"; }
@@ -53,11 +55,12 @@ step_venv() {
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt"
   # compat mode installs a plain .pth path (not an import hook), which mypy can follow from services/*.
   quietly "$VENV/bin/python" -m pip install -q --no-deps --config-settings editable_mode=compat -e "$ROOT"
-  # Generated stubs live in gen/python (git-ignored); a .pth makes them importable in this venv
+  # Generated stubs live in gen/python and, for the interop suite's grpc.testing contracts (built by
+  # tests/interop on demand), gen/interop (both git-ignored); a .pth makes them importable in this venv
   # the same way an editable install does, so no code edits sys.path.
   local site
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  echo "$ROOT/gen/python" > "$site/protomesh-generated.pth"
+  printf '%s\n' "$ROOT/gen/python" "$ROOT/gen/interop" > "$site/protomesh-generated.pth"
   echo "$want" > "$stamp"
   ok "installed $("$VENV/bin/python" -c 'import grpc; print("grpcio", grpc.__version__)')"
 }
@@ -168,6 +171,25 @@ step_grpcurl() {
   ok "installed"
 }
 
+# grpc-go's official interop client for tests/interop. `go install` names the binary `client`; it is
+# renamed so that a generic name never lands on PATH. The descriptor program's modules are fetched
+# here too, so the suite itself needs no download.
+step_interop() {
+  step "grpc-go interop client $GRPC_GO_VERSION (go install into .tools/bin/grpc-interop-client)"
+  local bin="$TOOLS/bin/grpc-interop-client"
+  if [ -x "$bin" ] && go version -m "$bin" 2>/dev/null | grep -q "mod[[:space:]]*google.golang.org/grpc[[:space:]]*$GRPC_GO_VERSION"; then
+    ok "up to date"
+    return
+  fi
+  need go "the interop client is built with Go: install Go"
+  local build
+  build=$(mktemp -d)
+  quietly env GOBIN="$build" go install "google.golang.org/grpc/interop/client@$GRPC_GO_VERSION"
+  mkdir -p "$TOOLS/bin" && mv "$build/client" "$bin" && rm -rf "$build"
+  quietly go -C "$ROOT/tests/interop/descriptors" mod download
+  ok "installed"
+}
+
 # Only for `make bench` (and the p2 smoke check): FastAPI's side and py-spy in their own venv, so they never
 # enter the project's dependencies; ghz and wrk as load generators (bench falls back to Python ones).
 step_bench() {
@@ -231,9 +253,10 @@ main() {
   [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose buf googleprotos)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench | goplugins | tspackages | maven)
-        "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench goplugins tspackages maven)" ;;
+      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench | goplugins | tspackages | \
+        maven | interop) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench" \
+           "goplugins tspackages maven interop)" ;;
     esac
   done
 }

@@ -30,3 +30,11 @@ def test_buf_answers_with_the_pinned_version() -> None:
 
 def test_rabbitmq_server_is_installed() -> None:
     assert shutil.which("rabbitmq-server") or shutil.which("rabbitmq-server", path="/usr/sbin:/usr/lib/rabbitmq/bin")
+
+
+def test_the_interop_client_is_built_from_grpc_go_v1_85_0() -> None:
+    go = shutil.which("go")
+    assert go is not None, "go is not installed: the interop client is built with it (scripts/bootstrap.sh interop)"
+    # The client has no version flag; the Go toolchain reads the module versions linked into it.
+    out = _version(go, "version", "-m", find_binary("grpc-interop-client"))
+    assert ["mod", "google.golang.org/grpc", "v1.85.0"] in [line.split()[:3] for line in out.splitlines()]
