@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,9 @@ log = logging.getLogger("containers")
 
 # The build secret the Dockerfiles read pip's CA bundle from (see services/Dockerfile).
 PIP_CA_SECRET = "pip-ca"
+# OCI label -> the build argument the Dockerfiles fill it from.
+OCI_LABELS = {"org.opencontainers.image.version": "VERSION", "org.opencontainers.image.source": "SOURCE",
+              "org.opencontainers.image.revision": "REVISION"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ def build_project_image(podman: Podman, root: Path, spec: ServiceSpec, ca: Path 
     args = spec.build.expanded_args(os.environ) | oci_args(root)
     command = ["build", "--pull=never", "-f", str(spec.build.dockerfile), "-t", tag, "--iidfile", str(iid)]
     command += [f"--build-arg={name}={value}" for name, value in args.items()]
+    # Also as --label: buildah 1.28 reuses a cached LABEL layer whatever the ARG values in it.
+    command += [f"--label={key}={args[arg]}" for key, arg in OCI_LABELS.items()]
     if ca is not None:
         command.append(f"--secret=id={PIP_CA_SECRET},src={ca}")
     podman.run(*command, str(spec.build.context), timeout=1200)
@@ -90,6 +98,19 @@ def build_project_image(podman: Podman, root: Path, spec: ServiceSpec, ca: Path 
 
 def build_all(root: Path, podman: Podman, phases: Phases) -> Images:
     """Stand-ins where a base image is missing, then every project image, each timed in phases."""
+    with _storage_lock():
+        return _build_all(root, podman, phases)
+
+
+@contextmanager
+def _storage_lock() -> Iterator[None]:
+    # Image storage is the machine's, shared by every checkout: one build at a time writes its tags.
+    with (Path(tempfile.gettempdir()) / "protomesh-images.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_all(root: Path, podman: Podman, phases: Phases) -> Images:
     compose = ComposeFile.load(root / "docker-compose.yml")
     provided = StandIns(podman, root, phases).ensure(compose.base_images(os.environ))
     base = {image: _image(podman, image, qualified(image), how) for image, how in provided.items()}

@@ -20,9 +20,10 @@ log = logging.getLogger("containers")
 
 RECIPES_DIR = Path(__file__).parent / "standins"
 SUITE = "bookworm"
-BASE_REPOSITORY = "localhost/protomesh-standin/bookworm"
-# Marks an image as a stand-in and holds the digest of everything it was built from.
-INPUTS_LABEL = "org.protomesh.standin.inputs"
+# Stand-ins are also tagged <STANDIN_REPOSITORY>/<recipe>:<digest of their inputs>: that tells a current
+# stand-in from a stale one and from a real image (a label would be inherited by every image built FROM it).
+STANDIN_REPOSITORY = "localhost/protomesh-standin"
+BASE_REPOSITORY = f"{STANDIN_REPOSITORY}/bookworm"
 # As Debian's own slim images do: no documentation, manuals or translations in any later apt install.
 DPKG_EXCLUDES = """\
 path-exclude /usr/share/doc/*
@@ -112,24 +113,27 @@ class StandIns:
             ref = qualified(image)
             repository = ref.rpartition(":")[0]
             present = self.podman.image(ref)
-            labels = (present or {}).get("Config", {}).get("Labels") or {}
-            if present is not None and INPUTS_LABEL not in labels:
+            recipe = RECIPES.get(repository)
+            if present is not None and (recipe is None or not self._is_standin(recipe, present["Id"])):
                 provided[image] = "present"
                 continue
-            recipe = RECIPES.get(repository)
             if recipe is None:
                 raise MissingComponentError(f"{image} is not in local image storage and the harness has no "
                                             f"stand-in for {repository}: pull it, or add a recipe to {__name__}")
             sources = recipe.sources(self.root)
             base = self._base()
-            inputs = _digest(sources, base)
-            if labels.get(INPUTS_LABEL) == inputs:
+            inputs = f"{STANDIN_REPOSITORY}/{recipe.name}:{_digest(sources, base)}"
+            if present is not None and (self.podman.image(inputs) or {}).get("Id") == present["Id"]:
                 provided[image] = "stand-in (cached)"
                 continue
             with self.phases.measure(f"stand-in {image}"):
                 self._build(recipe, ref, sources, base, inputs)
             provided[image] = "stand-in (built)"
         return provided
+
+    def _is_standin(self, recipe: Recipe, image_id: str) -> bool:
+        listed = self.podman.run("images", "--no-trunc", "--format", "{{.ID}}", f"{STANDIN_REPOSITORY}/{recipe.name}")
+        return image_id.removeprefix("sha256:") in {i.removeprefix("sha256:") for i in listed.stdout.split()}
 
     def _base(self) -> str:
         """The bookworm root file system as an image, from debootstrap the first time."""
@@ -162,14 +166,14 @@ class StandIns:
         try:
             for name, source in sources.items():
                 _link_or_copy(source, context / name)
-            self.podman.run("build", "--pull=never", "--build-arg", f"BASE={base}",
-                            "--label", f"{INPUTS_LABEL}={inputs}", "-t", ref, str(context), timeout=900)
+            self.podman.run("build", "--pull=never", "--build-arg", f"BASE={base}", "-t", ref, "-t", inputs,
+                            str(context), timeout=900)
         finally:
             shutil.rmtree(context, ignore_errors=True)
         version = self.podman.run("run", "--rm", "--entrypoint", recipe.version_command[0], ref,
                                   *recipe.version_command[1:]).stdout
         if tag_version(ref) not in version:
-            self.podman.run("rmi", ref, check=False)
+            self.podman.run("rmi", ref, inputs, check=False)
             raise RuntimeError(f"the stand-in for {ref} runs {version.strip()!r}, not {tag_version(ref)}: "
                                "install the matching version with `make setup`")
 
