@@ -90,7 +90,8 @@ step_consul() {
   dpkg-deb -x "$deb" "$apt/root"
   mkdir -p "$TOOLS/bin" && cp "$apt/root/usr/bin/consul" "$bin"
   rm -rf "$apt"
-  "$bin" version | head -1 | sed 's/^/    /'
+  # sed reads all of it: with head, consul could die of SIGPIPE (exit 141 under pipefail).
+  "$bin" version | sed -n '1s/^/    /p'
 }
 
 # The first main Debian archive URI of the machine's apt configuration (one-line or deb822 format).
