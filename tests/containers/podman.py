@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -39,6 +40,8 @@ DEFAULT_TICK_S = 2.0
 # Health checks run side by side on at most this many threads: each starts a process in a container,
 # and a 2-core machine falls behind (and checks time out) when a dozen start at once.
 HEALTH_CHECK_WORKERS = 2
+# Beside the socket: lets a later run stop a service whose test process was killed before stopping it.
+SERVICE_PID_FILE = "podman-service.pid"
 # A unix socket path longer than this cannot be bound (sockaddr_un.sun_path).
 MAX_SOCKET_PATH = 100
 
@@ -110,6 +113,7 @@ def podman_service(podman: Podman, socket_path: Path) -> Iterator[Service]:
     service = ManagedProcess("podman-service", ["podman", "system", "service", "--time=0", f"unix://{socket_path}"],
                              log_dir=socket_path.parent, env=podman.env)
     service.start()
+    (socket_path.parent / SERVICE_PID_FILE).write_text(f"{service.pid}\n")
     try:
         wait_until(lambda: _pings(socket_path), timeout=30, what="podman system service answering _ping",
                    interval=0.1)
@@ -117,6 +121,19 @@ def podman_service(podman: Podman, socket_path: Path) -> Iterator[Service]:
     finally:
         service.stop(timeout=15)
         socket_path.unlink(missing_ok=True)
+
+
+def stop_orphaned_service(run_dir: Path) -> int | None:
+    """SIGTERM the service a killed run started in run_dir (checked by its command line); its PID or None."""
+    try:
+        pid = int((run_dir / SERVICE_PID_FILE).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    if f"unix://{run_dir / 'podman.sock'}" not in cmdline:
+        return None  # the PID now belongs to another process
+    os.kill(pid, signal.SIGTERM)
+    return pid
 
 
 def _pings(socket_path: Path) -> bool:
@@ -158,7 +175,7 @@ class HealthTicker:
                 self._round()
             except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
                 log.warning("health ticker: %s", error)
-            self._stop.wait(min(self.tick, 0.5))
+            self._stop.wait(min(self.tick, 1.0))
 
     def _round(self) -> None:
         ids = self.podman.project_containers(self.project)

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from protomesh._process import free_port, pid_alive
+from protomesh._process import free_port, pid_alive, wait_until
 from tests.containers.compose_file import ComposeFile
 from tests.containers.images import Images
-from tests.containers.podman import Podman, run_logged
+from tests.containers.podman import Podman, run_logged, stop_orphaned_service
 
 log = logging.getLogger("containers")
 
 COMPOSE_LABEL = "com.docker.compose.project"
+# A test's project is named after the PID of the test process, so a later run can tell an abandoned
+# project (its run was killed before `down`) from one that another checkout is running right now.
+PROJECT_NAME = re.compile(r"pmct(?P<pid>\d+)x[0-9a-f]+")
 # docker-compose waits for every `condition: service_healthy` itself; bound the whole `up`.
 UP_TIMEOUT_S = 420.0
 # `down` gives each container this long to stop on SIGTERM before SIGKILL (Docker's default is 10 s).
@@ -35,6 +42,37 @@ class Container:
     pid: int
     restarts: int
     volumes: tuple[str, ...]
+
+
+def project_name() -> str:
+    return f"pmct{os.getpid()}x{secrets.token_hex(3)}"
+
+
+def reap_abandoned(podman: Podman) -> list[str]:
+    """Remove what test runs that were killed left: containers, networks, volumes, their podman service."""
+    listed = podman.run("ps", "-a", "--format", f'{{{{.ID}}}} {{{{index .Labels "{COMPOSE_LABEL}"}}}}').stdout
+    projects: dict[str, list[str]] = {}
+    for line in listed.splitlines():
+        container, _, project = line.partition(" ")
+        match = PROJECT_NAME.fullmatch(project.strip())
+        if match and not pid_alive(int(match["pid"])):
+            projects.setdefault(project.strip(), []).append(container)
+    for project, containers in projects.items():
+        podman.run("rm", "-f", "-v", *containers, check=False, timeout=120)
+        label = f"label={COMPOSE_LABEL}={project}"
+        for kind in ("network", "volume"):
+            names = podman.run(kind, "ls", "-q", "--filter", label).stdout.split()
+            if names:
+                podman.run(kind, "rm", "-f", *names, check=False)
+    for run_dir in podman.state_dir.glob("pmct*"):
+        match = PROJECT_NAME.fullmatch(run_dir.name)
+        if match and not pid_alive(int(match["pid"])):
+            service = stop_orphaned_service(run_dir)
+            if service is not None:
+                wait_until(partial(_gone, service), timeout=30, what=f"podman service {service} stopped")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            projects.setdefault(run_dir.name, [])
+    return sorted(projects)
 
 
 class ComposeStack:
@@ -132,6 +170,10 @@ class ComposeStack:
         left += [f"process {pid} ({name})" for pid, (name, started) in self._pids.items()
                  if _started(pid) == started]
         return left
+
+
+def _gone(pid: int) -> bool:
+    return not pid_alive(pid)
 
 
 def _started(pid: int) -> int | None:

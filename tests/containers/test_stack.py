@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import shutil
 import signal
 import time
@@ -19,7 +18,7 @@ from protomesh.testing import async_wait_until, project_root
 from tests.containers.compose_file import ComposeFile
 from tests.containers.images import Images
 from tests.containers.podman import HealthTicker, Podman, podman_service
-from tests.containers.stack import ComposeStack, Container
+from tests.containers.stack import ComposeStack, Container, project_name, reap_abandoned
 from tests.containers.timing import Phases
 from tests.containers.walkthrough import Gateway, walkthrough
 
@@ -110,7 +109,9 @@ async def test_the_stack_in_containers_answers_the_walkthrough_and_survives_a_ki
     podman: Podman, images: Images, phases: Phases,
 ) -> None:
     compose = ComposeFile.load(project_root() / "docker-compose.yml")
-    project = f"pmct{secrets.token_hex(3)}"
+    if reaped := reap_abandoned(podman):
+        log.info("step: removed what killed runs left behind: %s", ", ".join(reaped))
+    project = project_name()
     started = time.monotonic()
     with podman_service(podman, podman.state_dir / project / "podman.sock") as service:
         stack = ComposeStack(podman, compose, project, service.docker_host, images)
