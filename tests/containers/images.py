@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from protomesh._process import project_root
+from protomesh._process import MissingComponentError, project_root
 from tests.containers.compose_file import ComposeFile, ServiceSpec
 from tests.containers.podman import Podman
 from tests.containers.standins import StandIns, qualified
@@ -132,7 +132,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = project_root()
     phases = Phases()
-    images = build_all(root, Podman(root / "var" / "containers"), phases)
+    try:
+        images = build_all(root, Podman(root / "var" / "containers"), phases)
+    except (MissingComponentError, RuntimeError) as error:
+        raise SystemExit(f"make images: {error}") from None
     for image in [*images.base.values(), *images.built.values()]:
         log.info("%-44s %7.1f MB  %s", image.tag, image.size / 1e6, image.provided)
     log.info("took: %s", phases.summary())
