@@ -11,11 +11,12 @@ DESCRIPTOR := gen/descriptors/protomesh.binpb
 PROTOS := $(shell find protos/acme -name '*.proto' 2>/dev/null | sort)
 # Every service of the project: a folder under services/ with an app/ package (protomesh new service adds one).
 SERVICES := $(patsubst services/%/app,%,$(wildcard services/*/app))
+COMPOSE_TEST := tests/containers/test_stack.py::test_the_stack_in_containers_answers_the_walkthrough_and_survives_a_kill_9
 
-.PHONY: help setup protos clients lint test up down status bench chaos clean
+.PHONY: help setup protos clients lint test images compose-test up down status bench chaos clean
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 setup: ## Install every tool into the project (.venv, .tools): idempotent, prints each step
 	@scripts/bootstrap.sh
@@ -39,6 +40,12 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 test: setup protos lint clients ## Run every test against real Consul, Envoy and RabbitMQ
 	@scripts/bootstrap.sh bench interop
 	@scripts/test.sh
+
+images: setup ## Build every image docker-compose.yml names with podman (stand-in base images where no registry)
+	@$(PY) -m tests.containers.images
+
+compose-test: setup protos ## Run docker-compose.yml in podman: walkthrough and kill -9 through the containerised Envoy
+	@$(PY) -m pytest $(COMPOSE_TEST) -q -o log_cli=true --log-cli-level=INFO --log-cli-format='%(asctime)s %(message)s'
 
 up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)
 	@scripts/bootstrap.sh grpcurl

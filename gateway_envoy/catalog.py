@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,15 @@ class ConsulService:
 
 
 Catalog = Mapping[str, ConsulService]
+
+
+def package_owner(grpc_service: str) -> str:
+    """The Consul service that owns a gRPC service by the mesh's one-name rule: `acme.users.v1.UserService`
+    belongs to `users` (the package's last part before its version)."""
+    package = grpc_service.split(".")[:-1]
+    if package and re.fullmatch(r"v\d+(?:(?:alpha|beta)\d*)?", package[-1]):
+        package = package[:-1]
+    return package[-1] if package else ""
 
 
 def routable(grpc_service: str) -> bool:

@@ -63,6 +63,10 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="seconds before a call through the gateway fails with 504 / DEADLINE_EXCEEDED")
     parser.add_argument("--max-request-bytes", type=int, default=GatewayOptions.max_request_bytes,
                         help="largest REST request body; larger ones get 413")
+    parser.add_argument("--expect", default=env.get("PROTOMESH_EXPECTED_SERVICES", ""), metavar="NAMES",
+                        help="Consul services the mesh declares, comma-separated: while none of their instances "
+                             "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
+                             "(default: $PROTOMESH_EXPECTED_SERVICES)")
     parser.add_argument("--status-port", type=int, default=0,
                         help="serve GET /status (JSON) on 127.0.0.1:PORT; 0 = off")
     parser.add_argument("--log-level", default="INFO")
@@ -71,8 +75,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
 
 def options_from(args: argparse.Namespace) -> GatewayOptions:
     host, port = _host_port(args.listen)
+    expected = tuple(sorted(name.strip() for name in args.expect.split(",") if name.strip()))
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
-                          max_request_bytes=args.max_request_bytes)
+                          max_request_bytes=args.max_request_bytes, expected_services=expected)
 
 
 async def wait_for_descriptor(path: Path) -> Descriptor:

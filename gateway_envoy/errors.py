@@ -27,6 +27,7 @@ LOCAL_REPLY_STATUS: dict[int, tuple[int, str | None]] = {
     429: (8, "too many requests"),       # RESOURCE_EXHAUSTED
     431: (3, "request headers too large"),
     500: (13, "internal error"),         # INTERNAL
+    501: (12, None),                     # UNIMPLEMENTED: an API service this mesh does not serve (route's text)
     502: (14, "service unavailable"),    # UNAVAILABLE: bad answer from the instance, try again
     503: (14, "service unavailable"),    # UNAVAILABLE: no instance, or none reachable
     504: (4, "deadline exceeded"),       # DEADLINE_EXCEEDED: the route timeout passed
@@ -38,13 +39,17 @@ FALLBACK_STATUS = (2, "request failed")
 GRPC_TIMEOUT_STATUS = "4"
 
 
+def rest_request_matcher() -> metadata_pb2.MetadataMatcher:
+    """Matches a request the Lua filter marked as REST (routes and local-reply mappers use it)."""
+    return metadata_pb2.MetadataMatcher(
+        filter=REST_METADATA_NAMESPACE,
+        path=[metadata_pb2.MetadataMatcher.PathSegment(key=REST_METADATA_KEY)],
+        value=value_pb2.ValueMatcher(bool_match=True))
+
+
 def _rest_request() -> accesslog_pb2.AccessLogFilter:
     return accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
-        matcher=metadata_pb2.MetadataMatcher(
-            filter=REST_METADATA_NAMESPACE,
-            path=[metadata_pb2.MetadataMatcher.PathSegment(key=REST_METADATA_KEY)],
-            value=value_pb2.ValueMatcher(bool_match=True)),
-        match_if_key_not_found=BoolValue(value=False)))
+        matcher=rest_request_matcher(), match_if_key_not_found=BoolValue(value=False)))
 
 
 def _status_is(code: int) -> accesslog_pb2.AccessLogFilter:

@@ -30,3 +30,6 @@ class GatewayOptions:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # Consul services the mesh declares (the local runner passes its topology's): while none of their
+    # instances passes, their API answers UNAVAILABLE (coming back) rather than UNIMPLEMENTED (not here).
+    expected_services: tuple[str, ...] = ()

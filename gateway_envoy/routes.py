@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
@@ -12,6 +13,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from gateway_envoy.catalog import Catalog, routable
+from gateway_envoy.errors import rest_request_matcher
 from gateway_envoy.options import GatewayOptions
 
 ROUTE_CONFIG_NAME = "protomesh"
@@ -85,12 +87,27 @@ def _to_cluster(grpc_service: str, cluster: str, options: GatewayOptions, *, met
             retry_policy=_retry_policy(RETRY_ON_SAFE_METHOD if method_path else RETRY_ON)))
 
 
-def _no_instance(grpc_service: str) -> route_components_pb2.Route:
-    # The API exists (it is in the descriptor) but no Consul service announces it: 503 UNAVAILABLE,
-    # which clients may retry, rather than 404 which says the method does not exist.
-    return route_components_pb2.Route(
-        name=grpc_service, match=_match(grpc_service),
-        direct_response=route_components_pb2.DirectResponseAction(status=503))
+def _unserved(grpc_service: str, *, expected: bool) -> list[route_components_pb2.Route]:
+    """Routes of a service of the API (descriptor) that no instance announces right now."""
+    if expected:
+        # The mesh expects it (declared in the topology, or announced since the control plane started), so it
+        # is coming back, e.g. during a full redeploy: 503 UNAVAILABLE, which clients may retry.
+        return [route_components_pb2.Route(name=grpc_service, match=_match(grpc_service),
+                                           direct_response=route_components_pb2.DirectResponseAction(status=503))]
+    # Nobody declares it or ever announced it: it is not implemented here, as a gRPC server answers for a
+    # service it lacks. gRPC callers get UNIMPLEMENTED (Envoy maps a 404 to it), REST callers 501.
+    rest = _match(grpc_service)
+    rest.dynamic_metadata.append(rest_request_matcher())
+    return [
+        route_components_pb2.Route(name=f"{grpc_service} (rest)", match=rest, direct_response=_text_response(
+            501, f"{grpc_service} is not implemented by any service of this mesh")),
+        route_components_pb2.Route(name=grpc_service, match=_match(grpc_service),
+                                   direct_response=_text_response(404, f"unknown service {grpc_service}")),
+    ]
+
+
+def _text_response(status: int, text: str) -> route_components_pb2.DirectResponseAction:
+    return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=text))
 
 
 def _rest_entry() -> route_components_pb2.Route:
@@ -104,12 +121,14 @@ def _rest_entry() -> route_components_pb2.Route:
 
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
                        retry_safe_methods: Sequence[str] = (),
-                       transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None) -> route_pb2.RouteConfiguration:
+                       transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None,
+                       expected: Collection[str] = ()) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
-    announces answer 503. The transcoder's configuration (descriptor and services) rides on the virtual
-    host, so a new contract is a route update, which Envoy applies without draining any connection.
+    announces answer 503 when `expected` names them, else UNIMPLEMENTED. The transcoder's configuration
+    (descriptor and services) rides on the virtual host, so a new contract is a route update, which Envoy
+    applies without draining any connection.
     """
     owners = service_routes(catalog)
     routes = []
@@ -118,7 +137,9 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
         routes += [_to_cluster(grpc_service, cluster, options, method_path=path)
                    for path in sorted(retry_safe_methods) if path.startswith(f"/{grpc_service}/")]
         routes.append(_to_cluster(grpc_service, cluster, options))
-    routes += [_no_instance(s) for s in sorted(set(api_services) - set(owners)) if routable(s)]
+    for grpc_service in sorted(set(api_services) - set(owners)):
+        if routable(grpc_service):
+            routes += _unserved(grpc_service, expected=grpc_service in expected)
     routes.append(_rest_entry())
     host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)
     if transcoder is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -90,14 +90,19 @@ def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequ
 
 
 def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequence[str],
-                   options: GatewayOptions, previous: Snapshot | None = None) -> Snapshot:
-    """Pure: the same inputs always give the same resources and versions; `previous` only saves work."""
-    packer, transcoded = _Packer(previous), tuple(transcoded)
+                   options: GatewayOptions, previous: Snapshot | None = None,
+                   expected: Collection[str] = ()) -> Snapshot:
+    """Pure: the same inputs always give the same resources and versions; `previous` only saves work.
+
+    `expected` names the gRPC services the mesh expects though none may be announced now (see routes.py).
+    """
+    packer, transcoded, expected = _Packer(previous), tuple(transcoded), tuple(sorted(expected))
     listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
-    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest),
+    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest, expected),
                         lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods,
-                                                   build_transcoder(descriptor.data, transcoded, options)))
+                                                   build_transcoder(descriptor.data, transcoded, options),
+                                                   expected))
     parts = {
         CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
                                                  functools.partial(build_cluster, svc, options))

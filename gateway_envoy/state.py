@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway_envoy.ads import AdsServer
-from gateway_envoy.catalog import ConsulService, merge_last_known_good
+from gateway_envoy.catalog import ConsulService, merge_last_known_good, package_owner
 from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.snapshot import ROUTE_TYPE, Snapshot, build_snapshot, transcoded_services
@@ -44,6 +44,8 @@ class ControlPlane:
         self.raw_catalog: Mapping[str, ConsulService] = {}
         self.catalog: dict[str, ConsulService] = {}
         self.snapshot: Snapshot | None = None
+        # Every gRPC service an instance announced since this control plane started: the mesh expects it back.
+        self.announced: set[str] = set()
         self._builds: dict[str, _Build] = {}
         self._dirty = asyncio.Event()
 
@@ -58,7 +60,10 @@ class ControlPlane:
         descriptor = self._descriptor()
         previous = self.accepted.transcoded if self.accepted else ()
         transcoded = transcoded_services(descriptor, self.catalog, previous)
-        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot)
+        self.announced.update(s for service in self.catalog.values() for s in service.grpc_services)
+        expected = {s for s in descriptor.services
+                    if s in self.announced or package_owner(s) in self.options.expected_services}
+        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot, expected)
         self._remember(snapshot.versions[ROUTE_TYPE], _Build(descriptor, transcoded))
         if self.snapshot is None or snapshot.versions != self.snapshot.versions:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,

@@ -82,9 +82,11 @@ class MeshContext:
             ports = GatewayPorts(listen=topology.host_port("gateway", _gateway_port(controlplane)),
                                  admin=topology.host_port("gateway", ENVOY_ADMIN),
                                  xds=topology.host_port("controlplane", XDS), status=free_port())
+            # The services the topology declares are expected: until one passes, its API answers UNAVAILABLE.
+            expect = ["--expect", ",".join(spec.name for spec in topology.services)]
             self.gateway = Gateway(self.logs, consul_address=self.consul_address,
                                    descriptor=topology.project / DESCRIPTOR, ports=ports, env=env,
-                                   project=topology.project)
+                                   extra_args=expect, project=topology.project)
         return self.gateway
 
 

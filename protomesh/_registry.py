@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +43,9 @@ class Registration:
                  keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S) -> None:
         self._consul = consul
         self.service = service
-        self.instance_id = instance_id or f"{service}-{address}-{port}-{secrets.token_hex(3)}"
+        # host:port is unique among running instances; a restart on the same address (a container brought back
+        # by its restart policy) takes over the registration its killed predecessor left instead of adding one.
+        self.instance_id = instance_id or f"{service}-{address}-{port}"
         self._keep_interval_s = keep_interval_s
         target = f"{address}:{port}/{grpc_services[0]}" if grpc_services else f"{address}:{port}"
         self.body: dict[str, Any] = {

@@ -27,7 +27,7 @@ class ServerSettings:
     drain_s: float = 0.3
     version: str = "0.0.0"
     tags: tuple[str, ...] = ()
-    # The instance's Consul service id; empty: "<service>-<host>-<port>-<random>". A supervisor that restarts
+    # The instance's Consul service id; empty: "<service>-<host>-<port>". A supervisor that restarts
     # an instance sets it, so the restarted process takes over its registration instead of adding another.
     instance_id: str = ""
 

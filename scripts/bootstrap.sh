@@ -4,8 +4,8 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose buf googleprotos; on request: grpcurl (make up), bench (make bench),
-# goplugins tspackages maven (make clients), interop (make test)
+# Steps: venv envoy consul rabbitmq compose containers buf googleprotos; on request: grpcurl (make up),
+# bench (make bench), goplugins tspackages maven (make clients), interop (make test)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -131,13 +131,29 @@ apt_install() {
   quietly env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@"
 }
 
-# Only to validate docker-compose.yml statically (no Docker engine is needed for `config -q`).
+# Validates docker-compose.yml statically (`config -q` needs no engine); the container tests also run it.
 step_compose() {
   step "docker-compose (Debian package, validates docker-compose.yml)"
   if type -P docker-compose >/dev/null; then ok "installed"; return; fi
   as_root || die "docker-compose is missing: run 'sudo apt-get install -y docker-compose'"
   apt_install docker-compose
   ok "installed"
+}
+
+# The container tests (make compose-test) build and run docker-compose.yml without Docker: Debian's podman
+# (runc for this hybrid-cgroup host, netavark + aardvark-dns for networks with DNS), buildah, debootstrap.
+CONTAINER_PACKAGES=(podman buildah runc netavark aardvark-dns debootstrap docker-compose)
+step_containers() {
+  step "container tools (Debian: ${CONTAINER_PACKAGES[*]})"
+  local missing=() tool
+  for tool in podman buildah runc debootstrap docker-compose; do type -P "$tool" >/dev/null || missing+=("$tool"); done
+  for tool in netavark aardvark-dns; do
+    [ -x "/usr/lib/podman/$tool" ] || [ -x "/usr/libexec/podman/$tool" ] || missing+=("$tool")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then ok "installed"; return; fi
+  as_root || die "${missing[*]} missing: run 'sudo apt-get install -y ${CONTAINER_PACKAGES[*]}'"
+  apt_install "${CONTAINER_PACKAGES[@]}"
+  ok "installed (${missing[*]})"
 }
 
 step_buf() {
@@ -250,15 +266,16 @@ step_maven() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose buf googleprotos)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | buf | googleprotos | grpcurl | bench | goplugins | tspackages | \
-        maven | interop) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose buf googleprotos grpcurl bench" \
-           "goplugins tspackages maven interop)" ;;
+      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | grpcurl | bench | goplugins | \
+        tspackages | maven | interop) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos grpcurl" \
+           "bench goplugins tspackages maven interop)" ;;
     esac
   done
 }
 
-main "$@"
+# Sourced (the container tests reuse debian_mirror), it only defines the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,19 @@ def test_generating_twice_gives_byte_identical_output(tmp_path: Path) -> None:
     first, second = digest("first"), digest("second")
     assert first == second
     assert len(first) > 20
+
+
+def test_make_protos_output_has_the_modes_of_any_new_file_so_an_image_user_can_read_it(tmp_path: Path) -> None:
+    # The command `make protos` runs (and the image builds run as root); twice, the second over the first.
+    out, descriptor = tmp_path / "gen" / "python", tmp_path / "gen" / "descriptors" / "protomesh.binpb"
+    command = [sys.executable, "-m", "protomesh.cli", "protos", "--root", str(ROOT / "protos"),
+               "--python-out", str(out), "--descriptor-out", str(descriptor)]
+    for _ in range(2):
+        subprocess.run(command, check=True, capture_output=True, umask=0o022, timeout=120)
+        tree = [out, *out.rglob("*"), descriptor]
+        modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tree}
+        wrong = {name: oct(mode) for name, mode in modes.items()
+                 if mode != (0o755 if (tmp_path / name).is_dir() else 0o644)}
+        assert not wrong
+        assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["descriptors", "python"]
+        assert [p.name for p in descriptor.parent.iterdir()] == [descriptor.name]

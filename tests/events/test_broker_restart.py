@@ -86,9 +86,9 @@ async def test_consumers_keep_going_after_a_broker_restart_and_one_started_durin
             await joiner.wait_ready(timeout=CATCH_UP_S)
             # The publisher reconnects on its own too; give it the time a reconnect takes.
             await poll_until(lambda: _published(publisher, after), timeout=CATCH_UP_S, interval=0.5,
-                                   what="publish after the restart")
+                             what="publish after the restart")
             await poll_until(lambda: late.event_ids and len(running.event_ids) == 2, timeout=CATCH_UP_S,
-                                   what="the event after the restart handled by both groups")
+                             what="the event after the restart handled by both groups")
     assert running.event_ids == [before.event_id, after.event_id]
     assert late.event_ids == [after.event_id]
 

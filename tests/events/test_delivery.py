@@ -115,7 +115,7 @@ async def test_an_undecodable_body_or_unknown_type_goes_to_the_dlq_without_a_ret
         await poll_until(lambda: handled, timeout=5, what="the good event handled")
         dead = []
         await poll_until(lambda: _collect(dead, amqp_channel, "g-garbage.dlq", 2), timeout=5,
-                               what="two dead letters")
+                         what="two dead letters")
     assert handled == ["good"]
     assert sorted(str(m.message_id) for m in dead) == ["corrupt", "unknown"]
     assert {m.headers["x-first-death-reason"] for m in dead} == {"rejected"}

@@ -7,6 +7,7 @@ import uuid
 
 import grpc
 import pytest
+from acme.orders.v1 import orders_service_pb2, orders_service_pb2_grpc
 from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
 from gateway_support import Reply, Stack, rest, step
 from google.rpc import error_details_pb2, status_pb2
@@ -116,11 +117,25 @@ async def test_gateway_errors_reach_rest_clients_as_json_status(
     assert_status_shape(reply, http_status, code)
 
 
-async def test_a_service_without_instances_answers_503_json(stack: Stack) -> None:
-    reply = await rest(stack.gateway.url, "GET", "/v1/orders/o-1")
+async def test_a_declared_service_without_instances_answers_503_json(stack: Stack) -> None:
+    reply = await rest(stack.gateway.url, "GET", "/v1/users/u-1/notifications")
     assert_status_shape(reply, 503, 14)
     step("the message is fixed text, not Envoy's internal reason")
     assert reply.body["message"] == "service unavailable"
+
+
+async def test_a_service_nobody_declares_is_unimplemented_for_rest_and_grpc_callers(stack: Stack) -> None:
+    reply = await rest(stack.gateway.url, "GET", "/v1/orders/o-1")
+    step("REST: 501 with a JSON google.rpc.Status UNIMPLEMENTED (clients do not retry it)")
+    assert_status_shape(reply, 501, 12)
+    assert reply.body["message"] == "acme.orders.v1.OrderService is not implemented by any service of this mesh"
+    async with grpc.aio.insecure_channel(stack.gateway.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await orders_service_pb2_grpc.OrderServiceStub(channel).GetOrder(
+                orders_service_pb2.GetOrderRequest(order_id="o-1"), timeout=5)
+    step("gRPC: UNIMPLEMENTED with the text a gRPC server gives for a service it lacks: %s", error.value.details())
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert error.value.details() == "unknown service acme.orders.v1.OrderService"
 
 
 async def test_a_registered_service_whose_instances_all_fail_answers_503_json(stack: Stack) -> None:

@@ -13,7 +13,7 @@ from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
 from gateway_envoy.bootstrap import COMPOSE_ADMIN_HOST, COMPOSE_XDS_HOST, render_bootstrap
-from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, service_from_health
+from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, package_owner, service_from_health
 from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
 from gateway_envoy.options import GatewayOptions
@@ -84,10 +84,27 @@ def test_routes_send_each_grpc_prefix_to_its_cluster_with_timeout_and_safe_retri
     assert policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
 
 
-def test_an_api_service_without_a_consul_service_answers_503_and_hidden_services_get_no_route() -> None:
-    config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS)
+def test_an_expected_api_service_without_instances_answers_503_and_hidden_services_get_no_route() -> None:
+    config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS,
+                                expected={"acme.orders.v1.OrderService"})
     route, _rest = config.virtual_hosts[0].routes
     assert (route.match.prefix, route.direct_response.status) == ("/acme.orders.v1.OrderService/", 503)
+
+
+def test_an_api_service_nobody_declares_is_unimplemented_501_for_rest_and_404_for_grpc() -> None:
+    config = build_route_config({}, ["grpc.testing.UnimplementedService"], OPTIONS)
+    rest, grpc_route, _catch_all = config.virtual_hosts[0].routes
+    assert (rest.direct_response.status, rest.match.dynamic_metadata[0].filter) == (501, "protomesh.gateway")
+    assert grpc_route.direct_response.status == 404  # Envoy's mapping of 404 for gRPC callers: UNIMPLEMENTED
+    assert grpc_route.direct_response.body.inline_string == "unknown service grpc.testing.UnimplementedService"
+
+
+@pytest.mark.parametrize(("grpc_service", "owner"), [
+    ("acme.users.v1.UserService", "users"), ("acme.orders.v2beta1.OrderService", "orders"),
+    ("grpc.testing.TestService", "testing"), ("Flat", ""),
+])
+def test_a_grpc_service_belongs_to_the_consul_service_its_package_names(grpc_service: str, owner: str) -> None:
+    assert package_owner(grpc_service) == owner
 
 
 @pytest.fixture(scope="module")

@@ -99,11 +99,11 @@ async def test_a_check_turning_critical_removes_that_instance_and_leaves_other_s
         orders = watcher.services["orders"]
         await register(consul_agent, [instance_body(NODES[0], "users", 0, status="critical")])
         await poll_until(lambda: ports(watcher.services.get("users")) == {20_001}, timeout=CHANGE_WITHIN_S,
-                               what="the critical instance left the endpoints")
+                         what="the critical instance left the endpoints")
         assert watcher.services["orders"] is orders  # not read again: its checks did not change
         await register(consul_agent, [instance_body(NODES[1], "users", 1, status="critical")])
         await poll_until(lambda: not ports(watcher.services.get("users")), timeout=CHANGE_WITHIN_S,
-                               what="every users instance failing")
+                         what="every users instance failing")
         assert watcher.services["users"].grpc_services == (grpc_name("users"),)  # still routed (503, not 404)
 
 
@@ -126,7 +126,7 @@ async def test_a_deregistered_service_leaves_the_state(consul_agent: ConsulAgent
         body = {"Node": NODES[0], "ServiceID": "orders-0"}
         await asyncio.to_thread(consul_agent.put, "/v1/catalog/deregister", json.dumps(body))
         await poll_until(lambda: set(watcher.services) == {"users"}, timeout=CHANGE_WITHIN_S,
-                               what="orders gone")
+                         what="orders gone")
 
 
 async def test_an_agent_restart_resets_the_index_and_rebuilds_the_state_from_the_new_agent(
@@ -138,7 +138,7 @@ async def test_an_agent_restart_resets_the_index_and_rebuilds_the_state_from_the
         await asyncio.to_thread(consul_agent.restart)  # a dev agent forgets everything; its index starts over
         await register(consul_agent, [instance_body(NODES[0], "fresh", 0)])
         await poll_until(lambda: set(watcher.services) == {"fresh"}, timeout=10,
-                               what="the state of the restarted agent")
+                         what="the state of the restarted agent")
         assert ports(watcher.services["fresh"]) == {20_000}
 
 

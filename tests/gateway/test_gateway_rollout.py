@@ -94,7 +94,7 @@ async def test_a_descriptor_missing_a_deployed_service_is_nacked_and_previous_ro
     nacks_before = int(stack.gateway.status()["nacks_total"])  # type: ignore[call-overload]
     replace_atomically(stack.descriptor, without_service(original, "acme.users.v1.UserService"))
     await poll_until(lambda: int(stack.gateway.status()["nacks_total"]) > nacks_before,  # type: ignore[call-overload]
-                           timeout=10, what="a NACK from Envoy")
+                     timeout=10, what="a NACK from Envoy")
     status = stack.gateway.status()
     step("the control plane counted the NACK and logged Envoy's reason: %s", status["last_nack"])
     assert "acme.users.v1.UserService" in str(status["last_nack"])

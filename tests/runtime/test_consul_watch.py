@@ -122,7 +122,7 @@ async def test_the_watch_follows_a_restarted_agent_from_its_new_smaller_index(co
             await asyncio.to_thread(consul_agent.restart)
             await asyncio.to_thread(consul_agent.put, "/v1/kv/watched/key", "after")
             took = await poll_until(lambda: seen[-1] == {"watched/key": "after"}, timeout=5,
-                                          what="value written after the restart")
+                                    what="value written after the restart")
     assert took < 3.0
     reset_at = asked.index(None, 1)
     assert all(i is None or i < high for i in asked[reset_at:]), "the old, higher index was used after the reset"

@@ -51,7 +51,7 @@ async def test_calls_move_to_the_remaining_instance_when_one_is_stopped(consul_a
                 await green_registration.deregister()
             await green.server.stop(None)
             took = await poll_until(lambda: green_target not in channel.targets, timeout=10,
-                                          what="green dropped")
+                                    what="green dropped")
             log.info("%s -> discovery dropped the instance in %.2fs", how, took)
             # once discovery has caught up, not a single call may fail
             assert await call_tags(channel, 20) == Counter({"blue": 20})

@@ -33,13 +33,13 @@ async def test_a_registered_instance_is_passing_in_consul_within_two_seconds(con
         started = time.monotonic()
         async with registered(consul, instance) as registration:
             took = await poll_until(lambda: registration.instance_id in passing_ids(consul_agent),
-                                          timeout=10, what="instance passing")
+                                    timeout=10, what="instance passing")
             took = time.monotonic() - started
             log.info("registration -> passing took %.2fs", took)
             assert took < REGISTRATION_BUDGET_S
             [entry] = consul_agent.passing_instances("users")
     assert entry["ID"] == registration.instance_id
-    assert entry["ID"].startswith(f"users-127.0.0.1-{instance.port}-")
+    assert entry["ID"] == f"users-127.0.0.1-{instance.port}"
     assert entry["Tags"] == ["protomesh", "grpc", "blue"]
     assert entry["Meta"] == {"version": "1.2.3", "grpc_services": USER_SERVICE}
     assert (entry["Address"], entry["Port"]) == ("127.0.0.1", instance.port)
@@ -68,11 +68,23 @@ async def test_an_instance_whose_health_turns_not_serving_leaves_the_passing_lis
         assert took < CHECK_FAILURE_BUDGET_S
 
 
-async def test_instance_ids_are_unique_for_the_same_address(consul_agent: ConsulAgent) -> None:
+async def test_a_restart_on_the_same_address_takes_over_the_registration_instead_of_adding_one(
+        consul_agent: ConsulAgent) -> None:
     async with consul_client(consul_agent) as consul:
-        ids = {Registration(consul, service="users", address="127.0.0.1", port=50051, grpc_services=[USER_SERVICE],
-                            version="1").instance_id for _ in range(20)}
-    assert len(ids) == 20
+        # A killed process never deregisters; the one its restart policy brings back on the same address and port
+        # (a container keeps its IP) must not leave two instances passing for one address.
+        killed, restarted = (Registration(consul, service="users", address="127.0.0.1", port=50051,
+                                          grpc_services=[USER_SERVICE], version="1", initial_status="passing",
+                                          keep_interval_s=60) for _ in range(2))
+        assert killed.instance_id == restarted.instance_id == "users-127.0.0.1-50051"
+        await killed.start()
+        await killed.wait_registered()
+        await killed._keeper.stop()  # the process died: its keeper is gone, its registration stays
+        await restarted.start()
+        await restarted.wait_registered()
+        listed = await asyncio.to_thread(consul_agent.get, "/v1/agent/services")
+        await restarted.deregister()
+    assert [s["ID"] for s in listed.values() if s["Service"] == "users"] == ["users-127.0.0.1-50051"]
 
 
 async def test_deregister_removes_the_instance_from_consul(consul_agent: ConsulAgent) -> None:
@@ -92,7 +104,7 @@ async def test_the_instance_is_registered_again_within_three_seconds_of_an_agent
         await asyncio.to_thread(consul_agent.restart)
         back = time.monotonic()
         await poll_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
-                               what="instance passing again")
+                         what="instance passing again")
         took = time.monotonic() - back
         log.info("agent back -> instance passing again took %.2fs (%.2fs including the restart itself)",
                  took, time.monotonic() - restarting)
@@ -113,7 +125,7 @@ async def test_serving_goes_on_while_consul_is_down_and_registration_lands_when_
         await asyncio.to_thread(consul_agent.start)
         up = time.monotonic()
         await poll_until(lambda: registration.instance_id in passing_ids(consul_agent), timeout=15,
-                               what="registration after Consul came up")
+                         what="registration after Consul came up")
         log.info("Consul up -> instance passing took %.2fs", time.monotonic() - up)
         assert time.monotonic() - up < REREGISTRATION_BUDGET_S
 

@@ -33,7 +33,7 @@ async def test_served_in_process_it_registers_and_follows_max_page_size_from_con
     env = {"CONSUL_HTTP_ADDR": consul_agent.address, "USERS_DATABASE_PATH": str(tmp_path / "users.db")}
     async with await serve(SERVICE, UsersSettings, build, env=env) as running:
         await poll_until(lambda: asyncio.to_thread(consul_agent.passing_instances, SERVICE),
-                               what="users passing in Consul")
+                         what="users passing in Consul")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = UserServiceStub(channel)
             for n in range(3):
