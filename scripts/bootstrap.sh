@@ -261,7 +261,7 @@ step_maven() {
     as_root || die "maven or javac is missing: run 'sudo apt-get install -y maven openjdk-17-jdk-headless'"
     apt_install maven openjdk-17-jdk-headless
   fi
-  ok "$(mvn -v 2>/dev/null | head -1 | sed 's/\x1b\[[0-9;]*m//g'), $(javac -version 2>&1)"
+  ok "$(first_line mvn -v 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g'), $(javac -version 2>&1)"
 }
 
 main() {
