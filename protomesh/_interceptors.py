@@ -97,30 +97,99 @@ def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *,
     # grpc.aio picks how to drive a handler by inspecting it (coroutine function, async generator
     # function, or plain function run in a thread), so the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-        wrapped = _wrap_async_generator(method, behavior, echo_initial)
+        wrapped = _wrap_async_generator(method, behavior, echo_initial, handler.request_streaming)
     elif inspect.iscoroutinefunction(behavior):
-        wrapped = _wrap_coroutine(method, behavior, echo_initial)
+        wrapped = _wrap_coroutine(method, behavior, echo_initial, handler.request_streaming)
     else:
         # Typically a method the servicer does not implement (the generated base class's sync stub).
         _LOG.warning("%s is served by a sync function, without the protomesh interceptor", method)
         return handler
-    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, deserializer, serializer)
+    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, _lenient(deserializer), serializer)
     return result
 
 
-def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool) -> _Behavior:
+class _UnparsableRequest(Exception):
+    """The request bytes are not a message of the method's type."""
+
+
+# What a request that does not parse becomes (grpc.aio's own answer would leak the parser's exception type).
+_UNPARSABLE = object()
+_UNPARSABLE_STATUS = grpc.StatusCode.INVALID_ARGUMENT, "the request message could not be parsed"
+# A caller that cancels a streaming call first ends its request stream, then the call; a handler that returns
+# at that end waits this long for the cancellation, so the access log says CANCELLED rather than OK.
+CANCEL_SETTLE_S = 0.002
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:  # any parser failure: the client sent something that is not this message
+            return _UNPARSABLE
+
+    return parse
+
+
+class _RequestStream:
+    """The request messages of a streaming call as its handler reads them: stops at one that does not
+    parse, and notes a clean end of the stream."""
+
+    __slots__ = ("_messages", "ended")
+
+    def __init__(self, messages: AsyncIterator[Any]) -> None:
+        self._messages = messages.__aiter__()
+        self.ended = False
+
+    def __aiter__(self) -> _RequestStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            message = await self._messages.__anext__()
+        except StopAsyncIteration:
+            self.ended = True
+            raise
+        if message is _UNPARSABLE:
+            raise _UnparsableRequest
+        return message
+
+
+def _prepared(request: Any, streamed: bool) -> Any:
+    if streamed:
+        return _RequestStream(request)
+    if request is _UNPARSABLE:
+        raise _UnparsableRequest
+    return request
+
+
+async def _settle_if_ended(request: Any) -> None:
+    if isinstance(request, _RequestStream) and request.ended:
+        await asyncio.sleep(CANCEL_SETTLE_S)
+
+
+def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
         cid = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
+            request = _prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
-            return await behavior(request, context)
+            response = await behavior(request, context)
+            await _settle_if_ended(request)
+            _keep_correlation_id(context, cid, echo_initial)
+            return response
         except grpc.aio.AbortError:  # the handler aborted itself: its status stands
             raise
+        except _UnparsableRequest:
+            code = _UNPARSABLE_STATUS[0]
+            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            code = _ended_early(context)
             raise
         except Exception as error:
             status = _status_for(error, method, cid)
@@ -128,25 +197,31 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool) -> _Be
             await _abort(context, status, cid)
         finally:
             if ACCESS_LOGGER.isEnabledFor(logging.INFO):
-                _log_access(method, code or context.code(), started, cid)
+                _log_access(method, code or _outcome(context), started, cid)
 
     return handle
 
 
-def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool) -> _Behavior:
+def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
         cid = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
+            request = _prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
             async for response in behavior(request, context):
                 yield response
+            await _settle_if_ended(request)
+            _keep_correlation_id(context, cid, echo_initial)
         except grpc.aio.AbortError:
             raise
+        except _UnparsableRequest:
+            code = _UNPARSABLE_STATUS[0]
+            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
         except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the client went away mid-stream
-            code = grpc.StatusCode.CANCELLED
+            code = _ended_early(context)
             raise
         except Exception as error:
             status = _status_for(error, method, cid)
@@ -154,9 +229,24 @@ def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool) 
             await _abort(context, status, cid)
         finally:
             if ACCESS_LOGGER.isEnabledFor(logging.INFO):
-                _log_access(method, code or context.code(), started, cid)
+                _log_access(method, code or _outcome(context), started, cid)
 
     return handle
+
+
+def _ended_early(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """Why a call ended before its handler did: the caller's deadline passed, or the caller went away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+def _outcome(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
+    """The status of a call whose handler returned: what it set, or why the call ended under it (a bidi
+    handler whose caller cancelled sees its request stream end and returns normally)."""
+    code = context.code()
+    if code is None and context.cancelled():
+        return _ended_early(context)
+    return code
 
 
 def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> str:
@@ -169,6 +259,16 @@ def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> s
         context.set_trailing_metadata(((_context.CORRELATION_ID_KEY, cid),))
     _context.bind_call(cid, context.time_remaining())
     return cid
+
+
+def _keep_correlation_id(context: grpc.aio.ServicerContext[Any, Any], cid: str, echo_initial: bool) -> None:
+    """A handler that set trailing metadata of its own replaced the correlation id there: add it back."""
+    if echo_initial:
+        return
+    trailing = tuple(context.trailing_metadata())
+    ours = (_context.CORRELATION_ID_KEY, cid)
+    if trailing[:1] != (ours,) and ours not in trailing:
+        context.set_trailing_metadata((*trailing, ours))
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, cid: str) -> NoReturn:
@@ -199,6 +299,11 @@ def _status_for(error: Exception, method: str, cid: str) -> grpc.Status:
         status = status_pb2.Status(code=_INTERNAL, message=f"internal error (correlation id: {cid})")
         _pack(status, error_details_pb2.RequestInfo(request_id=cid))
     result: grpc.Status = rpc_status.to_status(status)
+    return result
+
+
+def _plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
+    result: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
     return result
 
 
