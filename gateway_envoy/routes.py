@@ -35,7 +35,7 @@ RETRY_ON_SAFE_METHOD = f"{RETRY_ON},reset,unavailable"
 # A stream the gateway keeps open with nothing passing either way for this long is ended: it protects Envoy
 # from abandoned streams and sits well above WatchNotifications' heartbeat (20 s).
 STREAM_IDLE_TIMEOUT_S = 300
-# A gRPC request's own deadline (grpc-timeout) is its limit at the gateway; 0 = no cap of the gateway's own.
+# A gRPC request with a deadline (grpc-timeout) gets no limit of the gateway's own: 0 turns the route's off.
 NO_CAP = 0
 # Two more tries, each on a different instance (previous_hosts), covers one or two dead instances.
 NUM_RETRIES = 2
@@ -93,13 +93,11 @@ def _with_deadline(match: route_components_pb2.RouteMatch) -> route_components_p
 
 
 def _action(cluster: str, retry_on: str, *, timeout_s: float | None) -> route_components_pb2.RouteAction:
-    """To the cluster; with timeout_s, the gateway's own limit, else the request's grpc-timeout and nothing more."""
+    """To the cluster, with the gateway's own limit when timeout_s is given; without one, the gateway adds no
+    limit at all: the caller's grpc-timeout reaches the service, which ends the call with DEADLINE_EXCEEDED in
+    proper trailers (a gateway that cut it at the same instant would reset the stream instead)."""
     action = route_components_pb2.RouteAction(cluster=cluster, retry_policy=_retry_policy(retry_on))
-    if timeout_s is None:
-        action.timeout.CopyFrom(_duration_ms(NO_CAP))
-        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(_duration_ms(NO_CAP))
-    else:
-        action.timeout.CopyFrom(_duration_ms(round(timeout_s * 1000)))
+    action.timeout.CopyFrom(_duration_ms(NO_CAP if timeout_s is None else round(timeout_s * 1000)))
     return action
 
 

@@ -87,9 +87,8 @@ def test_a_unary_call_gets_its_own_deadline_at_the_gateway_and_one_without_gets_
         assert route.route.retry_policy.retry_on == "connect-failure,refused-stream"
         assert route.route.retry_policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
     assert [(h.name, h.present_match) for h in with_deadline.match.headers] == [("grpc-timeout", True)]
-    assert with_deadline.route.timeout.ToMilliseconds() == 0  # no gateway limit: the caller's deadline
-    assert with_deadline.route.max_stream_duration.HasField("grpc_timeout_header_max")
-    assert with_deadline.route.max_stream_duration.grpc_timeout_header_max.ToMilliseconds() == 0
+    assert with_deadline.route.timeout.ToMilliseconds() == 0  # no gateway limit: the caller's deadline rules
+    assert not with_deadline.route.HasField("max_stream_duration")
     assert without.route.timeout.ToMilliseconds() == OPTIONS.route_timeout_s * 1000
     assert not without.match.headers
 
@@ -114,7 +113,6 @@ def test_a_streaming_method_has_no_route_timeout_only_an_idle_timeout_above_the_
     assert stream.match.path == watch
     assert stream.route.timeout.ToMilliseconds() == 0
     assert stream.route.idle_timeout.ToSeconds() == STREAM_IDLE_TIMEOUT_S > 60
-    assert stream.route.max_stream_duration.grpc_timeout_header_max.ToMilliseconds() == 0
     assert stream.route.retry_policy.retry_on == RETRY_ON
 
 
