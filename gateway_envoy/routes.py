@@ -122,7 +122,8 @@ def _rest_entry() -> route_components_pb2.Route:
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
                        retry_safe_methods: Sequence[str] = (),
                        transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None,
-                       expected: Collection[str] = ()) -> route_pb2.RouteConfiguration:
+                       expected: Collection[str] = (),
+                       extra_routes: Sequence[route_components_pb2.Route] = ()) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
@@ -140,6 +141,7 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
     for grpc_service in sorted(set(api_services) - set(owners)):
         if routable(grpc_service):
             routes += _unserved(grpc_service, expected=grpc_service in expected)
+    routes += extra_routes  # e.g. the docs pages (docs.py): plain HTTP paths, ahead of the REST catch-all
     routes.append(_rest_entry())
     host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)
     if transcoder is not None:
