@@ -293,10 +293,10 @@ step_swaggerui() {
 # `make test`: Debian's Chromium for the browser test of /docs (playwright-core drives it; it never downloads one).
 step_chromium() {
   step "chromium (Debian package, for the /docs browser test)"
-  if [ -x /usr/bin/chromium ]; then ok "$(first_line /usr/bin/chromium --version)"; return; fi
+  if [ -x /usr/bin/chromium ]; then ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"; return; fi
   as_root || die "chromium is missing: run 'sudo apt-get install -y chromium'"
   apt_install chromium
-  ok "$(first_line /usr/bin/chromium --version)"
+  ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"
 }
 
 # `make test`: playwright-core for the browser test, pinned by tests/e2e/browser/package-lock.json.
