@@ -68,7 +68,9 @@ def describe(document: Json, descriptor_set: bytes, *, version: str, title: str 
       `?updateMask=displayName`; grpc-gateway fills it from the body instead, so the generator leaves it out);
     - a server stream is a JSON array of its messages (Envoy), not grpc-gateway's `{"result": ...}` lines;
     - fields the gateway always prints (`always_print_primitive_fields`) are required in responses;
-    - integers carry the bounds and int64 strings the digits the JSON parser accepts.
+    - integers carry the bounds and int64 strings the digits the JSON parser accepts;
+    - an answer holding one resource (`{"user": {"userId": ...}}`) links to the operations whose path takes its id
+      (`x-links`, Swagger 2's spelling of OpenAPI 3 links), so stateful tools call them with real ids.
     """
     doc, pool = copy.deepcopy(document), load_pool(descriptor_set)
     doc["info"] = {"title": title, "version": version, "description": DESCRIPTION}
@@ -82,6 +84,7 @@ def describe(document: Json, descriptor_set: bytes, *, version: str, title: str 
         require_printed_fields(doc, pool)
     for schema in schemas(doc):
         bound_integers(schema)
+    link_resources(doc)
     return doc
 
 
@@ -181,6 +184,29 @@ def bound_integers(schema: Json) -> None:
         schema["minimum"], schema["maximum"] = INT_BOUNDS[schema["format"]]
     elif schema.get("type") == "string" and schema.get("format") in INT_PATTERNS:
         schema["pattern"] = INT_PATTERNS[schema["format"]]
+
+
+def link_resources(doc: Json) -> None:
+    """`CreateUser` -> `GetUser`, `UpdateUser`, `DeleteUser`, ... with `userId` taken from the answer's `user`."""
+    by_id: dict[str, list[str]] = {}
+    for operation in _all_operations(doc):
+        for parameter in operation.get("parameters", []):
+            if parameter.get("in") == "path":
+                by_id.setdefault(parameter["name"], []).append(operation["operationId"])
+    for operation in _all_operations(doc):
+        response = operation["responses"].get("200", {})
+        name = _ref_name(response.get("schema", {}))
+        properties = doc["definitions"][name].get("properties", {}) if name else {}
+        if len(properties) != 1:
+            continue
+        (field, schema), = properties.items()
+        resource = doc["definitions"].get(_ref_name(schema) or "", {}).get("properties", {})
+        key = field + "Id"
+        targets = [target for target in by_id.get(key, []) if target != operation["operationId"]]
+        if key in resource and targets:
+            value = f"$response.body#/{field}/{key}"
+            response["x-links"] = {target: {"operationId": target, "parameters": {key: value}}
+                                   for target in sorted(targets)}
 
 
 def schemas(doc: Json) -> Iterator[Json]:

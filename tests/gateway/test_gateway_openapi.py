@@ -136,3 +136,12 @@ def test_two_operations_on_one_url_after_merging_templates_are_refused(gateway_d
     doc["paths"]["/v1/users/{user.userId}"]["get"] = doc["paths"]["/v1/users/{userId}"]["get"]
     with pytest.raises(ValueError, match="same URL"):
         describe(doc, gateway_descriptor.read_bytes(), version="1")
+
+
+def test_an_answer_holding_a_resource_links_to_the_operations_that_take_its_id(described: Json) -> None:
+    links = described["paths"]["/v1/users"]["post"]["responses"]["200"]["x-links"]
+    assert links["UserService_GetUser"] == {"operationId": "UserService_GetUser",
+                                            "parameters": {"userId": "$response.body#/user/userId"}}
+    assert set(links) == {"UserService_GetUser", "UserService_UpdateUser",
+                          "NotificationService_WatchNotifications"}
+    assert "x-links" not in described["paths"]["/v1/users"]["get"]["responses"]["200"]  # a list holds no one id
