@@ -42,7 +42,7 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
 test: setup protos openapi lint clients ## Run every test against real Consul, Envoy and RabbitMQ
-	@scripts/bootstrap.sh bench interop chromium browser fuzz
+	@scripts/bootstrap.sh bench interop grpcurl chromium browser fuzz
 	@scripts/test.sh
 
 images: setup ## Build every image docker-compose.yml names with podman (stand-in base images where no registry)

@@ -21,6 +21,7 @@ from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
 from gateway_envoy.docs import DocsSite, encode
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
+from gateway_envoy.reflection import GatewayReflection
 from gateway_envoy.state import ControlPlane
 from protomesh import ConsulSettings
 from protomesh.aio import BackgroundTasks
@@ -64,6 +65,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="seconds before a call through the gateway fails with 504 / DEADLINE_EXCEEDED")
     parser.add_argument("--max-request-bytes", type=int, default=GatewayOptions.max_request_bytes,
                         help="largest REST request body; larger ones get 413")
+    parser.add_argument("--request-headers-timeout", type=float, default=GatewayOptions.request_headers_timeout_s,
+                        help="seconds a client may take to send its request headers; slower ones get 408")
     parser.add_argument("--expect", default=env.get("PROTOMESH_EXPECTED_SERVICES", ""), metavar="NAMES",
                         help="Consul services the mesh declares, comma-separated: while none of their instances "
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
@@ -91,6 +94,7 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     expected = tuple(sorted(name.strip() for name in args.expect.split(",") if name.strip()))
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
+                          request_headers_timeout_s=args.request_headers_timeout,
                           docs_address=docs_address(args))
 
 
@@ -136,11 +140,13 @@ async def start_status_server(port: int, status: Callable[[], dict[str, object]]
     return await asyncio.start_server(handle, host, port)
 
 
-async def start_xds_server(args: argparse.Namespace, ads: AdsServer,
-                           health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
-    """ADS plus grpc.health ("" turns SERVING with the first snapshot: the container healthcheck waits for it)."""
+async def start_xds_server(args: argparse.Namespace, ads: AdsServer, health_servicer: health.aio.HealthServicer,
+                           reflection: GatewayReflection) -> grpc.aio.Server:
+    """ADS, the gateway's reflection (Envoy routes it here), and grpc.health ("" turns SERVING with the first
+    snapshot: the container healthcheck waits for it)."""
     server = grpc.aio.server(options=XDS_SERVER_OPTIONS)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    reflection.add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     server.add_insecure_port(f"{args.xds_host}:{args.xds_port}")
@@ -157,7 +163,9 @@ async def serve(args: argparse.Namespace) -> None:
     plane = ControlPlane(options_from(args), descriptor)
     watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
     health_servicer = health.aio.HealthServicer()
-    server = await start_xds_server(args, plane.ads, health_servicer)
+    reflection = GatewayReflection(descriptor)
+    plane.on_accepted.append(reflection.update)
+    server = await start_xds_server(args, plane.ads, health_servicer, reflection)
     docs = DocsSite(openapi=args.openapi, assets=args.docs_assets)
     status = await start_status_server(args.status_port, plane.status, host=args.status_host,
                                        docs=docs) if args.status_port else None

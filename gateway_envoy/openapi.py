@@ -66,7 +66,8 @@ def describe(document: Json, descriptor_set: bytes, *, version: str, title: str 
       forbids two templates of one URL, and tools such as schemathesis cannot fill dotted names);
     - a FieldMask that is neither in the path nor in the body is a query parameter (Envoy reads
       `?updateMask=displayName`; grpc-gateway fills it from the body instead, so the generator leaves it out);
-    - a server stream is a JSON array of its messages (Envoy), not grpc-gateway's `{"result": ...}` lines;
+    - a server stream is its messages as Envoy prints them (one JSON object per line, or one JSON array),
+      not grpc-gateway's `{"result": ...}` wrappers;
     - fields the gateway always prints (`always_print_primitive_fields`) are required in responses;
     - integers carry the bounds and int64 strings the digits the JSON parser accepts;
     - an answer holding one resource (`{"user": {"userId": ...}}`) links to the operations whose path takes its id
@@ -78,7 +79,7 @@ def describe(document: Json, descriptor_set: bytes, *, version: str, title: str 
     for operation, method in operations(doc, rpc_methods(descriptor_set, pool)):
         bind_field_masks(operation, method.input_type)
         if method.server_streaming:
-            stream_as_array(operation, method.output_type)
+            describe_stream(operation, method.output_type)
     split_request_schemas(doc, pool)
     if PRINT_OPTIONS.always_print_primitive_fields:
         require_printed_fields(doc, pool)
@@ -127,11 +128,16 @@ def bind_field_masks(operation: Json, request: MessageDescriptor) -> None:
                                               "(e.g. `displayName`); empty changes every mutable field."})
 
 
-def stream_as_array(operation: Json, message: MessageDescriptor) -> None:
-    """Envoy sends a server stream as one JSON array of the stream's messages."""
+def describe_stream(operation: Json, message: MessageDescriptor) -> None:
+    """What Envoy sends for a server stream, by the gateway's print option: each message on a line of its own
+    (Swagger 2 cannot say "newline-delimited", so the schema is one line's), or one JSON array of them."""
     response = operation["responses"]["200"]
-    response["description"] = "A JSON array of the stream's messages, sent as they come."
-    response["schema"] = {"type": "array", "items": {"$ref": _ref(message.full_name)}}
+    if PRINT_OPTIONS.stream_newline_delimited:
+        response["description"] = "A stream: each message as one JSON object on a line of its own, as it comes."
+        response["schema"] = {"$ref": _ref(message.full_name)}
+    else:
+        response["description"] = "A stream: one JSON array of the messages, sent as they come."
+        response["schema"] = {"type": "array", "items": {"$ref": _ref(message.full_name)}}
 
 
 def split_request_schemas(doc: Json, pool: descriptor_pool.DescriptorPool) -> None:

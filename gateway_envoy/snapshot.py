@@ -16,7 +16,7 @@ from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.docs import DOCS_CLUSTER, docs_cluster, docs_routes
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import ROUTE_CONFIG_NAME, build_route_config, service_routes
+from gateway_envoy.routes import ROUTE_CONFIG_NAME, MethodKinds, build_route_config, service_routes
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -101,7 +101,9 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
     listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
     routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest, expected),
-                        lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods,
+                        lambda: build_route_config(catalog, transcoded, options, MethodKinds(
+                                                       frozenset(descriptor.retry_safe_methods),
+                                                       frozenset(descriptor.streaming_methods)),
                                                    build_transcoder(descriptor.data, transcoded, options),
                                                    expected, docs_routes(options)))
     docs = {DOCS_CLUSTER: packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))

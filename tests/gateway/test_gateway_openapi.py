@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway_envoy.listener import PRINT_OPTIONS
 from gateway_envoy.openapi import INPUT_SUFFIX, describe
 
 Json = dict[str, Any]
@@ -99,9 +100,13 @@ def test_an_unbound_field_mask_becomes_the_update_mask_query_parameter(described
     assert (mask[0]["in"], mask[0]["type"]) == ("query", "string")
 
 
-def test_a_server_stream_is_a_json_array_of_its_messages(described: Json) -> None:
+def test_a_server_stream_is_described_as_the_gateway_prints_it(described: Json) -> None:
     schema = described["paths"]["/v1/users/{userId}/notifications:watch"]["get"]["responses"]["200"]["schema"]
-    assert schema == {"type": "array", "items": ref("acme.notifications.v1.WatchNotificationsResponse")}
+    message = ref("acme.notifications.v1.WatchNotificationsResponse")
+    if PRINT_OPTIONS.stream_newline_delimited:
+        assert schema == message  # each line is one message, not grpc-gateway's {"result": ...} wrapper
+    else:
+        assert schema == {"type": "array", "items": message}
 
 
 def test_responses_require_every_field_the_gateway_always_prints(described: Json) -> None:
