@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
+from gateway_envoy.docs import DocsSite, encode
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
 from gateway_envoy.reflection import GatewayReflection
 from gateway_envoy.state import ControlPlane
@@ -70,8 +71,20 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="Consul services the mesh declares, comma-separated: while none of their instances "
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
                              "(default: $PROTOMESH_EXPECTED_SERVICES)")
-    parser.add_argument("--status-port", type=int, default=0,
-                        help="serve GET /status (JSON) on 127.0.0.1:PORT; 0 = off")
+    parser.add_argument("--status-port", type=int, default=int(env.get("PROTOMESH_STATUS_PORT", 0)),
+                        help="serve GET /status (JSON), and the API docs when given, on PORT; 0 = off "
+                             "(default: $PROTOMESH_STATUS_PORT or 0)")
+    parser.add_argument("--status-host", default=env.get("PROTOMESH_STATUS_HOST", "127.0.0.1"),
+                        help="address the status server binds (default: $PROTOMESH_STATUS_HOST or 127.0.0.1)")
+    parser.add_argument("--openapi", type=Path, default=env.get("PROTOMESH_OPENAPI") or None,
+                        help="the OpenAPI document `make openapi` writes, served at /openapi.json "
+                             "(default: $PROTOMESH_OPENAPI; without it, 404)")
+    parser.add_argument("--docs-assets", type=Path, default=env.get("PROTOMESH_DOCS_ASSETS") or None,
+                        help="swagger-ui-dist's folder, for the page at /docs (default: $PROTOMESH_DOCS_ASSETS; "
+                             "without it, 404)")
+    parser.add_argument("--docs-address", default=env.get("PROTOMESH_DOCS_ADDRESS", ""), metavar="HOST:PORT",
+                        help="where Envoy reaches the status server for /openapi.json and /docs (default: "
+                             "$PROTOMESH_DOCS_ADDRESS, else 127.0.0.1:STATUS_PORT when --openapi or --docs-assets)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -81,7 +94,16 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     expected = tuple(sorted(name.strip() for name in args.expect.split(",") if name.strip()))
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
-                          request_headers_timeout_s=args.request_headers_timeout)
+                          request_headers_timeout_s=args.request_headers_timeout,
+                          docs_address=docs_address(args))
+
+
+def docs_address(args: argparse.Namespace) -> str:
+    """Where Envoy sends /openapi.json and /docs: the flag, or this host's status port when there are docs."""
+    if args.docs_address:
+        return str(args.docs_address)
+    serves_docs = args.openapi is not None or args.docs_assets is not None
+    return f"127.0.0.1:{args.status_port}" if serves_docs and args.status_port else ""
 
 
 async def wait_for_descriptor(path: Path) -> Descriptor:
@@ -97,19 +119,25 @@ async def wait_for_descriptor(path: Path) -> Descriptor:
             await asyncio.sleep(DEFAULT_POLL_S)
 
 
-async def start_status_server(port: int, status: Callable[[], dict[str, object]]) -> asyncio.Server:
-    """A minimal HTTP endpoint: any GET answers the control plane's status as JSON."""
+async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",
+                              docs: DocsSite | None = None) -> asyncio.Server:
+    """A minimal HTTP endpoint: the docs paths answer from `docs`, any other GET the control plane's status."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await reader.readuntil(b"\r\n\r\n")
-            body = json.dumps(status()).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            method, _, target = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+            path = target.split(" ", 1)[0].split("?", 1)[0]
+            if docs is not None and docs.serves(path):
+                writer.write(encode(await docs.reply(method, path), head=method == "HEAD"))
+            else:
+                body = json.dumps(status()).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 async def start_xds_server(args: argparse.Namespace, ads: AdsServer, health_servicer: health.aio.HealthServicer,
@@ -138,7 +166,9 @@ async def serve(args: argparse.Namespace) -> None:
     reflection = GatewayReflection(descriptor)
     plane.on_accepted.append(reflection.update)
     server = await start_xds_server(args, plane.ads, health_servicer, reflection)
-    status = await start_status_server(args.status_port, plane.status) if args.status_port else None
+    docs = DocsSite(openapi=args.openapi, assets=args.docs_assets)
+    status = await start_status_server(args.status_port, plane.status, host=args.status_host,
+                                       docs=docs) if args.status_port else None
     tasks = BackgroundTasks()
     tasks.start(watcher.run(), name="consul-watch")
     try:

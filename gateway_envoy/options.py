@@ -37,3 +37,5 @@ class GatewayOptions:
     # Consul services the mesh declares (the local runner passes its topology's): while none of their
     # instances passes, their API answers UNAVAILABLE (coming back) rather than UNIMPLEMENTED (not here).
     expected_services: tuple[str, ...] = ()
+    # host:port at which Envoy reaches the control plane's docs server (/openapi.json, /docs); "" = not routed.
+    docs_address: str = ""

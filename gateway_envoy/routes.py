@@ -175,7 +175,8 @@ class MethodKinds:
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
                        methods: MethodKinds = MethodKinds(),
                        transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None,
-                       expected: Collection[str] = ()) -> route_pb2.RouteConfiguration:
+                       expected: Collection[str] = (),
+                       extra_routes: Sequence[route_components_pb2.Route] = ()) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
@@ -192,6 +193,7 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
             routes += _unserved(grpc_service, expected=grpc_service in expected)
     # Reflection of the whole mesh, answered by the control plane over the cluster Envoy reaches it by.
     routes += [_stream(f"/{service}/{REFLECTION_METHOD}", XDS_CLUSTER, RETRY_ON) for service in REFLECTION_SERVICES]
+    routes += extra_routes  # e.g. the docs pages (docs.py): plain HTTP paths, ahead of the REST catch-all
     routes.append(_rest_entry())
     # The transcoder adds these after every other filter ran; a service never sees them.
     host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes,

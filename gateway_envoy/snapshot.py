@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.clusters import build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor
+from gateway_envoy.docs import DOCS_CLUSTER, docs_cluster, docs_routes
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, MethodKinds, build_route_config, service_routes
@@ -104,11 +105,13 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
                                                        frozenset(descriptor.retry_safe_methods),
                                                        frozenset(descriptor.streaming_methods)),
                                                    build_transcoder(descriptor.data, transcoded, options),
-                                                   expected))
+                                                   expected, docs_routes(options)))
+    docs = {DOCS_CLUSTER: packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))
+            } if options.docs_address else {}
     parts = {
         CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
                                                  functools.partial(build_cluster, svc, options))
-                                for name, svc in catalog.items()}),
+                                for name, svc in catalog.items()} | docs),
         ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
                                                   functools.partial(build_load_assignment, svc))
                                  for name, svc in catalog.items()}),
