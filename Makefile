@@ -33,7 +33,7 @@ clients: setup protos ## Generate and build the Go, TypeScript and Java clients 
 	@scripts/clients.sh
 
 lint: setup protos ## buf format/lint/breaking, ruff, mypy
-	@echo "==> buf format"; cd protos && ../$(BUF) format --diff --exit-code --path acme
+	@echo "==> buf format"; cd protos && ../$(BUF) format --diff --exit-code --path acme --path protomesh
 	@echo "==> buf lint"; cd protos && ../$(BUF) lint
 	@echo "==> buf breaking (against the previous commit)"; scripts/buf-breaking.sh
 	@echo "==> ruff"; $(VENV)/bin/ruff check .

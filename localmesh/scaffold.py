@@ -22,8 +22,9 @@ NAME_PATTERN = re.compile(r"[a-z][a-z0-9]{1,11}")
 # of its settings and refuses unknown ones, so a service called `grpc` would trip over GRPC_VERBOSITY.
 FOREIGN_PREFIXES = ("CONSUL_", "DOCKER_", "ENVOY_", "ERL_", "GIT_", "GRPC_", "HTTP_", "HTTPS_", "JAVA_", "LC_",
                     "MAVEN_", "NO_", "NODE_", "NPM_", "PIP_", "PROTOMESH_", "PYTHON", "RABBITMQ_", "SSH_", "XDG_")
-# Every service's own code is the package `app`; a service cannot be named after it.
-RESERVED = frozenset({"app", "acme", "test", "tests"})
+# Every service's own code is the package `app`, and `gateway` is the gateway's workload identity
+# (spiffe://<trust domain>/service/gateway, trusted to forward callers' claims): no service takes either name.
+RESERVED = frozenset({"app", "acme", "gateway", "test", "tests"})
 TEMPLATES = "templates/service"
 
 
@@ -42,7 +43,8 @@ def problem(project: Path, name: str, env: dict[str, str] | None = None) -> str 
     if not NAME_PATTERN.fullmatch(name):
         return "use 2 to 12 lowercase letters and digits, starting with a letter (e.g. ledger)"
     if keyword.iskeyword(name) or name in RESERVED:
-        return f"{name!r} is reserved in Python or by the service layout (every service's own package is `app`)"
+        return (f"{name!r} is reserved in Python, by the service layout (every service's own package is `app`) "
+                "or by the mesh (the gateway's identity is `gateway`)")
     if (project / SERVICES_DIR / name).exists() or (project / "protos" / "acme" / name).exists():
         return f"services/{name} or protos/acme/{name} exists already"
     try:

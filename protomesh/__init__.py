@@ -16,6 +16,11 @@ Events live in `protomesh.events`, domain errors in `protomesh.errors`, test hel
 
 from __future__ import annotations
 
+# The contracts' own options (protos/protomesh/v1/auth.proto) generate `protomesh.v1`, which `make protos`
+# writes beside every other stub: this package extends its path to the generated folder (a pkgutil-style
+# namespace package), so generated stubs that import `protomesh.v1.auth_pb2` find it.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
 from protomesh._app import Context, RunningService, run, serve
 from protomesh._config import ConfigStore, load_settings, seed_config
 from protomesh._context import correlation_id, time_remaining

@@ -11,6 +11,8 @@ from pathlib import Path
 # google/rpc protos are not imported by any contract, but Envoy needs them in the descriptor pool to
 # render rich errors (google.rpc.Status + BadRequest) as JSON for REST clients.
 EXTRA_DESCRIPTOR_FILES = ("google/rpc/status.proto", "google/rpc/error_details.proto")
+# Installed packages that take generated stubs in: `protomesh` extends its __path__ over sys.path.
+RUNTIME_PACKAGES = ("protomesh",)
 
 
 class CodegenError(RuntimeError):
@@ -29,7 +31,8 @@ def contract_files(proto_root: Path) -> list[str]:
 def shadowing(files: list[str], python_out: Path) -> list[str]:
     """One line per contract whose generated package an installed module would hide: protos/grpc/testing/x.proto
     generates `grpc.testing`, but `import grpc.testing` finds grpcio's own `grpc` first. Only folders that are
-    nobody else's package are safe (a namespace package such as `acme`, made by these stubs, is)."""
+    nobody else's package are safe (a namespace package such as `acme`, made by these stubs, is), and the
+    runtime's own `protomesh`, which extends its path to the stubs of its contract options (`protomesh.v1`)."""
     problems = []
     for name in files:
         parts = Path(name).parent.parts
@@ -42,6 +45,8 @@ def shadowing(files: list[str], python_out: Path) -> list[str]:
             if spec is None:
                 break
             origin = Path(spec.origin) if spec.origin else None
+            if package in RUNTIME_PACKAGES:
+                continue  # the runtime extends its path over the generated folder (see protomesh/__init__.py)
             if origin is not None and not origin.is_relative_to(python_out.resolve()):
                 problems.append(f"{name} generates the Python package {'.'.join(parts)}, but {package} is the "
                                 f"installed module {origin.parent if origin.name == '__init__.py' else origin}, "

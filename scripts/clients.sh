@@ -34,7 +34,7 @@ elapsed() { printf '%ds' $((SECONDS - $1)); }
 
 [ -x "$PY" ] && [ -f protos/third_party/google/rpc/error_details.proto ] ||
   die "the project venv or protos/third_party is missing: run 'make setup' first"
-mapfile -t CONTRACTS < <(cd protos && find acme -name '*.proto' | sort)
+mapfile -t CONTRACTS < <(cd protos && find acme protomesh -name '*.proto' | sort)
 WKT_INCLUDE=$("$PY" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 
 # grpcio-tools embeds a current libprotoc; the plugins do the per-language work.
@@ -42,8 +42,9 @@ protoc() {
   "$PY" -m grpc_tools.protoc -Iprotos -Iprotos/third_party "-I$WKT_INCLUDE" "$@"
 }
 
-# The contracts carry no go_package option (they are shared by every language), so each file is mapped
-# here: acme/users/v1/*.proto -> package usersv1 at protomesh/gen/go/acme/users/v1.
+# The contracts (and protomesh/v1, the options they import) carry no go_package option (they are shared by
+# every language), so each file is mapped here: acme/users/v1/*.proto -> package usersv1 at
+# protomesh/gen/go/acme/users/v1.
 go_mappings() {
   local f dir name
   for f in "${CONTRACTS[@]}"; do

@@ -30,3 +30,7 @@ def test_contracts_under_a_package_of_ones_own_are_fine_and_googles_packages_are
     assert shadowing(["acme/ledger/v1/ledger.proto", "acme/users/v1/users.proto"], tmp_path / "gen") == []
     [problem] = shadowing(["google/example/v1/x.proto"], tmp_path / "gen")
     assert "but google is the installed module" in problem
+
+
+def test_the_runtimes_own_contract_options_generate_into_the_runtimes_package(tmp_path: Path) -> None:
+    assert shadowing(["protomesh/v1/auth.proto"], tmp_path / "gen") == []

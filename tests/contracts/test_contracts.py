@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
+from protomesh.v1 import auth_pb2
 
 from localmesh.testing import project_root
 from protomesh._codegen import generate
@@ -77,6 +78,48 @@ def test_descriptor_set_includes_every_import() -> None:
 def test_every_rpc_has_an_http_rule() -> None:
     missing = [f"{svc}.{m.name}" for svc, m in _rpcs() if not _http_rule(m).WhichOneof("pattern")]
     assert not missing
+
+
+def auth_rule_problems(rpcs: list[tuple[str, descriptor_pb2.MethodDescriptorProto]]) -> list[str]:
+    """One line per rpc whose (protomesh.v1.auth) option is missing, or both public and scoped."""
+    problems = []
+    for service, method in rpcs:
+        name = f"{service}/{method.name}"
+        if not method.options.HasExtension(auth_pb2.auth):
+            problems.append(f"{name}: declares no (protomesh.v1.auth) option: "
+                            "add {scopes: \"resource:action\"} or {public: true}")
+            continue
+        rule = method.options.Extensions[auth_pb2.auth]
+        if rule.public == bool(rule.scopes):
+            problems.append(f"{name}: (protomesh.v1.auth) must be either public or name its scopes")
+        problems += [f"{name}: scope {scope!r} is not resource:action" for scope in rule.scopes
+                     if not re.fullmatch(r"[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*", scope)]
+    return problems
+
+
+def test_every_rpc_declares_who_may_call_it() -> None:
+    assert auth_rule_problems(_rpcs()) == []
+
+
+def test_an_rpc_without_an_auth_rule_or_with_both_kinds_is_named() -> None:
+    bare = descriptor_pb2.MethodDescriptorProto(name="Peek")
+    both = descriptor_pb2.MethodDescriptorProto(name="Poke")
+    both.options.Extensions[auth_pb2.auth].public = True
+    both.options.Extensions[auth_pb2.auth].scopes.append("acme:write")
+    odd = descriptor_pb2.MethodDescriptorProto(name="Prod")
+    odd.options.Extensions[auth_pb2.auth].scopes.append("Admin")
+
+    problems = auth_rule_problems([("acme.x.v1.XService", m) for m in (bare, both, odd)])
+
+    assert [line.split(":")[0] for line in problems] == [
+        "acme.x.v1.XService/Peek", "acme.x.v1.XService/Poke", "acme.x.v1.XService/Prod"]
+
+
+def test_the_example_domain_has_a_public_rpc_and_reads_and_writes_per_resource() -> None:
+    scopes = {scope for _, m in _rpcs() for scope in m.options.Extensions[auth_pb2.auth].scopes}
+    public = [m.name for _, m in _rpcs() if m.options.Extensions[auth_pb2.auth].public]
+    assert public == ["CreateUser"]
+    assert scopes == {"users:read", "users:write", "orders:read", "orders:write", "notifications:read"}
 
 
 def test_no_get_or_delete_rule_has_a_body() -> None:
