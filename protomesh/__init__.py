@@ -23,6 +23,7 @@ __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 from protomesh._app import Context, RunningService, run, serve
 from protomesh._config import ConfigStore, load_settings, seed_config
+from protomesh._config import kv_prefix as config_kv_prefix
 from protomesh._context import correlation_id, time_remaining
 from protomesh._discovery import DiscoveryChannel
 from protomesh._interceptors import ProtomeshInterceptor, default_interceptors
@@ -46,6 +47,7 @@ __all__ = [
     "ServerSettings",
     "ServiceInstance",
     "ServiceSettings",
+    "config_kv_prefix",
     "correlation_id",
     "default_interceptors",
     "load_settings",
