@@ -47,7 +47,7 @@ PROMETHEUS_RULES = _CATALOG_READ
 # The agent's own token: it registers its node and syncs the services registered with it.
 AGENT_RULES = 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'
 # The runner seeds config and the policy, writes intentions, and deregisters instances that crashed.
-RUNNER_RULES = (f'key_prefix "protomesh/" {{ policy = "write" }}\n'
+RUNNER_RULES = ('key_prefix "protomesh/" { policy = "write" }\n'
                 'service_prefix "" { policy = "write" intentions = "write" }\nnode_prefix "" { policy = "read" }\n')
 
 
