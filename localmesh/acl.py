@@ -24,6 +24,8 @@ from protomesh.auth import POLICY_KEY
 
 # Who gets a token besides the services.
 AGENT, CONTROLPLANE, PROMETHEUS, RUNNER = "agent", "controlplane", "prometheus", "runner"
+# Where a mesh keeps its token secrets, relative to its state folder (0600).
+TOKENS_FILE = Path("consul") / "tokens.json"
 POLICY_PREFIX = "protomesh-"
 _CATALOG_READ = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'
 

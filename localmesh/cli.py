@@ -1,4 +1,5 @@
-"""The local mesh's `protomesh` subcommands: up, down, status, logs, restart and new (an entry point extension)."""
+"""The local mesh's `protomesh` subcommands: up, down, status, logs, restart, new, token and ca (an entry point
+extension)."""
 
 from __future__ import annotations
 
@@ -69,6 +70,19 @@ def _new_service(args: argparse.Namespace) -> int:
     return scaffold.main(_project(args), args.name)
 
 
+def _token(args: argparse.Namespace) -> int:
+    from localmesh import credentials
+
+    return credentials.token_command(_project(args), os.environ, subject=args.sub, scopes=args.scope,
+                                     all_scopes=args.all_scopes, ttl=args.ttl, audience=args.audience)
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from localmesh import credentials
+
+    return credentials.ca_command(_project(args), os.environ)
+
+
 def _parser(commands: Commands, name: str, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
     parser = commands.add_parser(name, help=help_text, description=help_text, **kwargs)  # type: ignore[arg-type]
     parser.add_argument("--project", help=f"the project folder (default: the nearest above the current one "
@@ -97,6 +111,18 @@ def register(commands: Commands) -> None:
                       "one instance, or an infrastructure component)")
     restart.add_argument("name", help="a service (users), an instance (users-2) or a component (gateway)")
     restart.set_defaults(func=_restart)
+    token = _parser(commands, "token", "print a development token signed by the local mesh's issuer (the gateway "
+                    "of `protomesh up` trusts it): TOKEN=$(protomesh token --sub alice --scope orders:write)")
+    token.add_argument("--sub", required=True, metavar="SUBJECT", help="who the token speaks for (its `sub`)")
+    token.add_argument("--scope", action="append", default=[], metavar="SCOPE",
+                       help="a scope to grant, e.g. orders:write (repeat for more)")
+    token.add_argument("--all-scopes", action="store_true",
+                       help="grant every scope the project's contracts name (from `make protos`' descriptor set)")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h (default 1h, at most 24h)")
+    token.add_argument("--audience", default=None, help="the `aud` claim (default: the one the gateway expects)")
+    token.set_defaults(func=_token)
+    _parser(commands, "ca", "create the local mesh's development CA if it has none, and print how to trust it"
+            ).set_defaults(func=_ca)
     new = commands.add_parser("new", help="scaffold a new part of the project", description="scaffold a new part")
     kinds = new.add_subparsers(dest="kind", required=True, metavar="KIND")
     service = _parser(kinds, "service", "a working service in the house layout: contract, app, tests, config and "

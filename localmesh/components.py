@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localmesh import acl
 from localmesh.consul import ConsulAgent
 from localmesh.gateway import Gateway, GatewayPorts, cluster_hosts
 from localmesh.process import ManagedProcess, free_port, port_open
 from localmesh.rabbitmq import RabbitMQNode
+from localmesh.security import MeshSecurity
 from localmesh.supervisor import Supervised
 from localmesh.topology import SERVICE_KIND, SERVICES_DIR, Spec, Topology
 
@@ -56,10 +58,17 @@ class MeshContext:
     environ: Mapping[str, str]
     on_change: Callable[[], None]
     gateway: Gateway | None = None
+    # None when the topology turns security off (`x-protomesh.security.enabled: false`).
+    security: MeshSecurity | None = None
 
     @property
     def logs(self) -> Path:
         return self.state_dir / "logs"
+
+    @property
+    def consul_token(self) -> str:
+        """The runner's own Consul token ("" when ACLs are off)."""
+        return self.security.token(acl.RUNNER) if self.security is not None else ""
 
     @property
     def consul_address(self) -> str:
@@ -82,6 +91,10 @@ class MeshContext:
             topology = self.topology
             controlplane = topology.of_kind("controlplane")
             env = self.environment(controlplane) if controlplane is not None else dict(self.environ)
+            secured: list[str] = []
+            if self.security is not None:
+                env["CONSUL_HTTP_TOKEN"] = self.security.token(acl.CONTROLPLANE)
+                secured = self.security.gateway_arguments()
             ports = GatewayPorts(listen=topology.host_port("gateway", _gateway_port(controlplane)),
                                  admin=topology.host_port("gateway", ENVOY_ADMIN),
                                  xds=topology.host_port("controlplane", XDS), status=free_port())
@@ -93,7 +106,8 @@ class MeshContext:
                     "--docs-address", f"127.0.0.1:{ports.status}"]
             self.gateway = Gateway(self.logs, consul_address=self.consul_address,
                                    descriptor=topology.project / DESCRIPTOR, ports=ports, env=env,
-                                   extra_args=[*expect, *docs], project=topology.project)
+                                   extra_args=[*expect, *docs, *secured], project=topology.project,
+                                   tls=self.security is not None and not self.security.spec.plaintext_gateway)
         return self.gateway
 
 
@@ -128,10 +142,11 @@ def polled(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
     return ready
 
 
-def get_json(url: str) -> object:
-    """GET url and decode its JSON body; None when it cannot be reached or read."""
+def get_json(url: str, token: str = "") -> object:
+    """GET url (with a Consul token when given) and decode its JSON body; None when it cannot be reached or read."""
+    request = urllib.request.Request(url, headers={"X-Consul-Token": token} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(request, timeout=1) as response:
             return json.loads(response.read() or b"null")
     except (OSError, ValueError):
         return None
@@ -144,21 +159,31 @@ def supervised(ctx: MeshContext, spec: Spec, name: str, process: ManagedProcess,
 
 
 def consul(ctx: MeshContext, spec: Spec) -> Component:
-    """A dev agent on the published HTTP port; each (re)start is seeded with config/ before it counts as ready."""
-    agent = ConsulAgent(ctx.logs, http_port=spec.ports.get(CONSUL_HTTP) or free_port(), project=ctx.topology.project)
+    """A dev agent on the published HTTP port (ACLs default deny unless security is off); each (re)start gets its
+    tokens, intentions, the security policy and config/ again before it counts as ready."""
+    security = ctx.security.consul_agent() if ctx.security is not None else None
+    agent = ConsulAgent(ctx.logs, http_port=spec.ports.get(CONSUL_HTTP) or free_port(), project=ctx.topology.project,
+                        security=security)
     process = ManagedProcess(spec.instances[0], agent.argv(), log_dir=ctx.logs, env=ctx.environment(spec))
     seeded: dict[str, int] = {}
 
     async def ready() -> bool:
         if not await asyncio.to_thread(lambda: bool(get_json(f"http://{agent.address}/v1/status/leader"))):
             return False
-        if seeded.get("pid") != process.pid:  # a restarted dev agent forgot its KV: seed it again
-            await seed_config(ctx)
+        if seeded.get("pid") != process.pid:  # a restarted dev agent forgot everything: set it up again
+            await configure_consul(ctx)
             seeded["pid"] = process.pid
         return True
 
     return Component(spec, [supervised(ctx, spec, spec.instances[0], process, ready)],
                      f"http://{agent.address}/ui/", digest(spec))
+
+
+async def configure_consul(ctx: MeshContext) -> None:
+    """What the mesh keeps in Consul: ACL tokens, intentions and the security policy, then config/."""
+    if ctx.security is not None:
+        await ctx.security.configure_consul(ctx.consul_address, [spec.name for spec in ctx.topology.services])
+    await seed_config(ctx)
 
 
 async def seed_config(ctx: MeshContext) -> int:
@@ -169,7 +194,7 @@ async def seed_config(ctx: MeshContext) -> int:
     folder = ctx.topology.project / "config"
     if not folder.is_dir():
         return 0
-    async with ConsulClient.from_settings(ConsulSettings(address=ctx.consul_address)) as client:
+    async with ConsulClient.from_settings(ConsulSettings(address=ctx.consul_address, token=ctx.consul_token)) as client:
         return await seed_config(client, folder)
 
 
@@ -242,6 +267,8 @@ def service_instance(ctx: MeshContext, spec: Spec, folder: Path, name: str) -> S
         "PROTOMESH_CONFIG_DIR": str(project / "config"),
         "PROTOMESH_STATE_DIR": str(ctx.state_dir),
         f"{spec.settings_prefix}SERVER__INSTANCE_ID": name,
+        **(ctx.security.service_environment(spec.settings_prefix, spec.name, name) if ctx.security is not None
+           else {f"{spec.settings_prefix}SECURITY__MODE": "off"}),
         # The project's generated stubs come first, so a project's own contracts win over any installed ones.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(project / GENERATED_PYTHON), env.get("PYTHONPATH")])),
     })
@@ -252,14 +279,14 @@ def service_instance(ctx: MeshContext, spec: Spec, folder: Path, name: str) -> S
 
     async def deregister(_code: int) -> None:
         # A killed instance cannot deregister itself: its registration would linger, critical, for a minute.
-        await asyncio.to_thread(_deregister, ctx.consul_address, name)
+        await asyncio.to_thread(_deregister, ctx.consul_address, name, ctx.consul_token)
 
     return supervised(ctx, spec, name, process, ready, on_exit=deregister)
 
 
 def instance_routed(ctx: MeshContext, service_name: str, instance_id: str) -> bool:
     """Whether Consul lists the instance as passing and (when the mesh has a gateway) Envoy routes to it."""
-    entries = get_json(f"http://{ctx.consul_address}/v1/health/service/{service_name}?passing=true")
+    entries = get_json(f"http://{ctx.consul_address}/v1/health/service/{service_name}?passing=true", ctx.consul_token)
     target = next((f"{e['Service']['Address']}:{e['Service']['Port']}" for e in listed(entries)
                    if e["Service"]["ID"] == instance_id), None)
     if target is None:
@@ -278,9 +305,9 @@ def listed(entries: object) -> list[dict[str, Any]]:
     return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else []
 
 
-def _deregister(consul_address: str, instance_id: str) -> None:
+def _deregister(consul_address: str, instance_id: str, token: str) -> None:
     request = urllib.request.Request(f"http://{consul_address}/v1/agent/service/deregister/{instance_id}",
-                                     method="PUT")
+                                     method="PUT", headers={"X-Consul-Token": token} if token else {})
     try:
         with urllib.request.urlopen(request, timeout=2):
             pass

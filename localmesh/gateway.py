@@ -31,14 +31,15 @@ class Gateway:
 
         gateway = Gateway(log_dir, consul_address=agent.address, descriptor=path)
         gateway.start()                    # returns once the listener accepts connections
-        gateway.url                        # "http://127.0.0.1:PORT": REST and gRPC
+        gateway.url                        # "http(s)://127.0.0.1:PORT": REST and gRPC
     """
 
     def __init__(self, log_dir: Path, *, consul_address: str, descriptor: Path, ports: GatewayPorts | None = None,
                  route_timeout_s: float | None = None, extra_args: Sequence[str] = (),
                  envoy_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 project: Path | None = None) -> None:
+                 project: Path | None = None, tls: bool = False) -> None:
         self.log_dir = log_dir
+        self.tls = tls  # the listener serves TLS (extra_args give the control plane its certificate)
         self.ports = ports or GatewayPorts()
         self.descriptor = descriptor
         timeout = ["--route-timeout", str(route_timeout_s)] if route_timeout_s is not None else []
@@ -61,7 +62,7 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        return f"http://{self.address}"
+        return f"{'https' if self.tls else 'http'}://{self.address}"
 
     def write_bootstrap(self) -> None:
         """Render Envoy's bootstrap (only the xDS cluster and ADS) for these ports."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localmesh.components import FACTORIES, Component, MeshContext, digest, service_instance, source_digest
+from localmesh.security import MeshSecurity, SecuritySpec
 from localmesh.supervisor import Supervised
 from localmesh.topology import HEALTHY, SERVICE_KIND, SERVICES_DIR, Spec, Topology
 from protomesh.aio import BackgroundTasks
@@ -61,6 +62,9 @@ class Mesh:
         self._background = BackgroundTasks()
         self.ctx = MeshContext(topology, options.state_dir, options.rabbitmq_node,
                                dict(os.environ if environ is None else environ), self._write_state)
+        spec = SecuritySpec.parse(topology.settings)
+        if spec.enabled:
+            self.ctx.security = MeshSecurity(spec, options.state_dir)
 
     @property
     def state_dir(self) -> Path:
@@ -76,6 +80,8 @@ class Mesh:
     async def start(self) -> None:
         """Start every component; on any failure stop what started and raise."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.ctx.security is not None:
+            await self.ctx.security.renewer.start()
         try:
             await self._start_specs(self.topology.start_order())
         except BaseException:
@@ -123,6 +129,8 @@ class Mesh:
         while self.components:
             name = next(reversed(self.components))
             await self._stop_component(self.components.pop(name))
+        if self.ctx.security is not None:
+            await self.ctx.security.renewer.stop()
         self.status = "stopped"
         self._write_state()
 
@@ -157,6 +165,8 @@ class Mesh:
         what changed, scale what changed in count, stop what is gone, and leave everything else running."""
         old = self.topology
         self.topology = self.ctx.topology = topology
+        if self.ctx.security is not None:  # new intentions, rules and rate limits (configure_consul applies them)
+            self.ctx.security.spec = SecuritySpec.parse(topology.settings)
         actions = []
         for name in [name for name in self.components if name not in topology.specs]:
             await self._stop_component(self.components.pop(name))
@@ -254,12 +264,12 @@ def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def _reseed(ctx: MeshContext) -> None:
-    from localmesh.components import seed_config
+    from localmesh.components import configure_consul
 
     try:
-        await seed_config(ctx)
+        await configure_consul(ctx)
     except Exception as exc:  # the services keep their current settings; the next reconcile seeds again
-        log.warning("could not seed config/ into Consul KV: %r", exc)
+        log.warning("could not apply the security policy and config/ to Consul: %r", exc)
 
 
 def read_state(state_dir: Path) -> dict[str, object] | None:

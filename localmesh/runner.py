@@ -41,11 +41,31 @@ def running_supervisor(options: MeshOptions) -> int | None:
     return pid if pid and pid_alive(pid) and state and state.get("status") != "stopped" else None
 
 
-def examples(topology: Topology, gateway: str) -> str:
-    """The calls the topology file suggests (`x-protomesh: try:`), and the commands that show the mesh."""
-    suggested = str(topology.settings.get("try") or "").replace("{gateway}", gateway).rstrip()
-    calls = f"Try it (REST and gRPC share the gateway port):\n{textwrap.indent(suggested, '  ')}\n" if suggested else ""
-    return calls + "See it: protomesh status · protomesh logs NAME -f · protomesh restart NAME · protomesh down\n"
+def examples(mesh: Mesh) -> str:
+    """The calls the topology file suggests (`x-protomesh: try:`), how to get a token and trust the gateway's
+    certificate, and the commands that show the mesh.
+
+    The suggestions may use {gateway} (host:port), {url} (with its scheme), {cacert} (curl's `--cacert CA `, or
+    nothing when the gateway is plaintext) and {grpc_tls} (grpcurl's `-cacert CA` or `-plaintext`)."""
+    gateway, security, project = mesh.ctx.gateway, mesh.ctx.security, mesh.topology.project
+    if gateway is None:
+        return ""
+    ca = shown(project, security.ca_file) if security is not None else ""
+    values = {"{gateway}": gateway.address, "{url}": gateway.url,
+              "{cacert}": f"--cacert {ca} " if gateway.tls else "",
+              "{grpc_tls}": f"-cacert {ca}" if gateway.tls else "-plaintext"}
+    suggested = str(mesh.topology.settings.get("try") or "")
+    for placeholder, value in values.items():
+        suggested = suggested.replace(placeholder, value)
+    lines = []
+    if security is not None:
+        lines.append(f"Secured: TLS with the development CA {ca}" if gateway.tls else "Secured (plaintext gateway):")
+        lines.append("  tokens: .venv/bin/protomesh token --sub NAME --scope SCOPE [--scope ...] [--ttl 1h] "
+                     "(--all-scopes: every scope of the contracts)")
+    if suggested.strip():
+        lines += ["Try it (REST and gRPC share the gateway port):", textwrap.indent(suggested.rstrip(), "  ")]
+    lines.append("See it: protomesh status · protomesh logs NAME -f · protomesh restart NAME · protomesh down")
+    return "\n".join(lines) + "\n"
 
 
 async def run_foreground(project: Path, env: Mapping[str, str]) -> int:
@@ -75,8 +95,7 @@ async def run_foreground(project: Path, env: Mapping[str, str]) -> int:
     server = await control.serve_control(options.state_dir, lambda request, say: _handle(mesh, request, say))
     try:
         print(f"\n{mesh.table()}\n\n(up in {time.monotonic() - began:.1f}s; Ctrl-C stops everything)\n")
-        if mesh.ctx.gateway is not None:
-            print(examples(mesh.topology, mesh.ctx.gateway.address), flush=True)
+        print(examples(mesh), flush=True)
         await stop.wait()
         print("==> stopping (reverse order)", flush=True)
     finally:

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from localmesh import acl
 from localmesh.components import get_json, listed
 from localmesh.mesh import MeshOptions, read_state
 from localmesh.runner import running_supervisor
@@ -50,7 +51,7 @@ def status(project: Path, env: Mapping[str, str]) -> int:
               f"{info.get('restarts', 0):>8}  {_exit(info.get('last_exit'))}")
     consul = state.get("consul")
     if isinstance(consul, str):
-        _print_consul(consul, set(instances))
+        _print_consul(consul, set(instances), _runner_token(options.state_dir))
     gateway = state.get("gateway")
     if isinstance(gateway, dict):
         _print_routes(int(gateway["admin"]))
@@ -62,14 +63,20 @@ def _components(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return components if isinstance(components, dict) else {}
 
 
-def _print_consul(address: str, ours: set[str]) -> None:
-    services = get_json(f"http://{address}/v1/catalog/services")
+def _runner_token(state_dir: Path) -> str:
+    """The runner's Consul token, when the mesh runs with ACLs (its state holds the tokens it made)."""
+    path = state_dir / acl.TOKENS_FILE
+    return acl.MeshTokens.open(path).secret(acl.RUNNER) if path.exists() else ""
+
+
+def _print_consul(address: str, ours: set[str], token: str) -> None:
+    services = get_json(f"http://{address}/v1/catalog/services", token)
     if not isinstance(services, dict):
         print(f"  consul unreachable at {address}")
         return
     print(f"  {'SERVICE':<14} {'INSTANCE (CONSUL ID)':<34} {'ADDRESS':<22} HEALTH")
     for service in sorted(name for name in services if name != CONSUL_SELF):
-        for entry in listed(get_json(f"http://{address}/v1/health/service/{service}")):
+        for entry in listed(get_json(f"http://{address}/v1/health/service/{service}", token)):
             svc, checks = entry["Service"], entry["Checks"]
             health = "passing" if all(c["Status"] == "passing" for c in checks) else "critical"
             origin = "" if svc["ID"] in ours else "  (not started by protomesh up)"

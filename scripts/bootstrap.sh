@@ -4,7 +4,7 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose containers buf googleprotos; on request: grpcurl (make up),
+# Steps: venv envoy consul rabbitmq compose containers buf googleprotos devca; on request: grpcurl (make up),
 # bench (make bench), goplugins tspackages maven (make clients), openapi swaggerui (make openapi),
 # interop chromium browser fuzz (make test)
 set -euo pipefail
@@ -184,6 +184,12 @@ step_googleprotos() {
   ok "copied from $(basename "$(dirname "$src")")"
 }
 
+step_devca() {
+  step "development CA of the local mesh (var/mesh/pki, git-ignored; the gateway's certificate chains to it)"
+  # PROTOMESH_VAR_DIR moves the mesh's state, and its CA with it.
+  "$VENV/bin/protomesh" ca --project "$ROOT" | sed 's/^/    /'
+}
+
 step_grpcurl() {
   step "grpcurl $GRPCURL_VERSION (go install into .tools/bin)"
   if [ -x "$TOOLS/bin/grpcurl" ]; then ok "up to date"; return; fi
@@ -325,13 +331,13 @@ step_fuzz() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos devca)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | grpcurl | bench | goplugins | \
-        tspackages | maven | interop | openapi | swaggerui | chromium | browser | fuzz) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos grpcurl" \
-           "bench goplugins tspackages maven interop openapi swaggerui chromium browser fuzz)" ;;
+      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | devca | grpcurl | bench | \
+        goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | browser | fuzz) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos devca" \
+           "grpcurl bench goplugins tspackages maven interop openapi swaggerui chromium browser fuzz)" ;;
     esac
   done
 }
