@@ -28,6 +28,7 @@ from localmesh.process import (
     wait_until,
 )
 from localmesh.rabbitmq import RabbitMQNode, find_rabbitmq_script
+from localmesh.testing.client import GatewayClient
 from localmesh.topology import Topology
 
 # Tests use a short route timeout so that the 504 case (and a frozen instance) costs one second, not 15.
@@ -55,6 +56,7 @@ __all__ = [
     "TEST_ROUTE_TIMEOUT_S",
     "ConsulAgent",
     "Gateway",
+    "GatewayClient",
     "GatewayPorts",
     "ManagedProcess",
     "Mesh",

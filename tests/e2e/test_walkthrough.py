@@ -79,7 +79,7 @@ async def test_an_order_for_an_unknown_user_is_a_400_json_status_with_the_reason
 
 async def test_watch_streams_a_new_notification_to_a_rest_client(running_mesh: RunningMesh) -> None:
     user_id = await create_user(running_mesh)
-    url = f"http://{running_mesh.gateway}/v1/users/{user_id}/notifications:watch"
+    url = f"{running_mesh.url}/v1/users/{user_id}/notifications:watch"
     async with running_mesh.http.get(url, timeout=None) as response:
         assert response.status == 200
         # The stream's headers arrive once the watch is subscribed: an order placed now is seen.
@@ -94,7 +94,7 @@ async def test_watch_streams_a_new_notification_to_a_grpc_client_through_the_gat
     running_mesh: RunningMesh,
 ) -> None:
     user_id = await create_user(running_mesh)
-    async with grpc.aio.insecure_channel(running_mesh.gateway) as channel:
+    async with running_mesh.channel() as channel:
         call = notifications_grpc.NotificationServiceStub(channel).WatchNotifications(
             notifications_pb.WatchNotificationsRequest(user_id=user_id), timeout=10)
         await call.initial_metadata()
