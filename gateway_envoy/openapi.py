@@ -24,6 +24,7 @@ from google.protobuf.descriptor import Descriptor as MessageDescriptor
 from google.protobuf.descriptor import MethodDescriptor
 
 from gateway_envoy.listener import PRINT_OPTIONS
+from protomesh.auth import method_rule
 
 Json = dict[str, Any]
 
@@ -38,6 +39,12 @@ INPUT_SUFFIX = "Input"
 INT_BOUNDS = {"int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}
 INT_PATTERNS = {"int64": "^-?[0-9]+$", "uint64": "^[0-9]+$"}
 FIELD_MASK = "google.protobuf.FieldMask"
+# Swagger 2 has no bearer scheme: an API key in the Authorization header is its spelling, and Swagger UI's
+# Authorize dialog then sends what is typed (`Bearer <token>`).
+BEARER = "bearer"
+BEARER_SCHEME = {"type": "apiKey", "in": "header", "name": "Authorization",
+                 "description": "`Bearer <token>`: a JWT from the gateway's issuer holding the operation's scopes "
+                                "(`x-scopes`); locally `protomesh token --sub NAME --scope SCOPE`."}
 _TEMPLATE = re.compile(r"\{([^}]+)\}")
 
 
@@ -71,13 +78,18 @@ def describe(document: Json, descriptor_set: bytes, *, version: str, title: str 
     - fields the gateway always prints (`always_print_primitive_fields`) are required in responses;
     - integers carry the bounds and int64 strings the digits the JSON parser accepts;
     - an answer holding one resource (`{"user": {"userId": ...}}`) links to the operations whose path takes its id
-      (`x-links`, Swagger 2's spelling of OpenAPI 3 links), so stateful tools call them with real ids.
+      (`x-links`, Swagger 2's spelling of OpenAPI 3 links), so stateful tools call them with real ids;
+    - each operation says who may call it, from its rpc's `(protomesh.v1.auth)` rule: no security for a public
+      one, else a bearer token holding the scopes listed in `x-scopes`.
     """
     doc, pool = copy.deepcopy(document), load_pool(descriptor_set)
     doc["info"] = {"title": title, "version": version, "description": DESCRIPTION}
+    doc["securityDefinitions"] = {BEARER: BEARER_SCHEME}
+    doc["security"] = [{BEARER: []}]  # what an operation without a rule of its own needs: a valid token
     merge_dotted_templates(doc)
     for operation, method in operations(doc, rpc_methods(descriptor_set, pool)):
         bind_field_masks(operation, method.input_type)
+        declare_security(operation, method)
         if method.server_streaming:
             describe_stream(operation, method.output_type)
     split_request_schemas(doc, pool)
@@ -111,6 +123,20 @@ def operations(doc: Json, methods: dict[str, MethodDescriptor]) -> Iterator[tupl
         method = methods.get(operation.get("operationId", ""))
         if method is not None:
             yield operation, method
+
+
+def declare_security(operation: Json, method: MethodDescriptor) -> None:
+    """A public rpc's operation needs no token; a scoped one a bearer token with its scopes (`x-scopes`)."""
+    rule = method_rule(method)
+    if rule is None:
+        return  # the topology decides; the document's default (a valid token) stands
+    if rule.public:
+        operation["security"] = []
+        return
+    operation["security"] = [{BEARER: []}]
+    operation["x-scopes"] = sorted(rule.scopes)
+    needs = f"Needs a token with the scope{'s' if len(rule.scopes) > 1 else ''} {', '.join(sorted(rule.scopes))}."
+    operation["description"] = f"{operation['description']}\n\n{needs}" if operation.get("description") else needs
 
 
 def bind_field_masks(operation: Json, request: MessageDescriptor) -> None:

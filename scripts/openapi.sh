@@ -27,8 +27,10 @@ mapfile -t CONTRACTS < <(cd protos && find acme -name '*.proto' | sort)
 WKT_INCLUDE=$("$PY" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 # The generator wants a Go import path per file, which it uses for nothing in a merged document; the contracts
 # carry no go_package (they are shared by every language), so each file gets a placeholder.
+# The options the contracts import (protos/protomesh) need one as well.
+mapfile -t OPTION_FILES < <(cd protos && find protomesh -name '*.proto' | sort)
 MAPPINGS=
-for f in "${CONTRACTS[@]}"; do MAPPINGS+=",M$f=protomesh/$(dirname "$f")"; done
+for f in "${CONTRACTS[@]}" "${OPTION_FILES[@]}"; do MAPPINGS+=",M$f=protomesh/$(dirname "$f")"; done
 
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT

@@ -150,3 +150,16 @@ def test_an_answer_holding_a_resource_links_to_the_operations_that_take_its_id(d
     assert set(links) == {"UserService_GetUser", "UserService_UpdateUser",
                           "NotificationService_WatchNotifications"}
     assert "x-links" not in described["paths"]["/v1/users"]["get"]["responses"]["200"]  # a list holds no one id
+
+
+def test_each_operation_says_who_may_call_it_from_its_rpcs_auth_rule(described: Json) -> None:
+    create, get = described["paths"]["/v1/users"]["post"], described["paths"]["/v1/users/{userId}"]["get"]
+    assert described["securityDefinitions"]["bearer"] == {
+        "type": "apiKey", "in": "header", "name": "Authorization",
+        "description": described["securityDefinitions"]["bearer"]["description"]}
+    assert described["security"] == [{"bearer": []}]
+    assert create["security"] == []  # CreateUser is public: signing up needs no token
+    assert "x-scopes" not in create
+    assert get["security"] == [{"bearer": []}]
+    assert get["x-scopes"] == ["users:read"]
+    assert get["description"].endswith("Needs a token with the scope users:read.")
