@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protomesh.aio import BackgroundTasks, Backoff
@@ -40,7 +40,7 @@ class Registration:
     def __init__(self, consul: ConsulClient, *, service: str, address: str, port: int,
                  grpc_services: Sequence[str], version: str, tags: Sequence[str] = (), instance_id: str = "",
                  check_interval: str = "1s", deregister_after: str = "1m", initial_status: str = "passing",
-                 keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S) -> None:
+                 keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S, meta: Mapping[str, str] | None = None) -> None:
         self._consul = consul
         self.service = service
         # host:port is unique among running instances; a restart on the same address (a container brought back
@@ -54,7 +54,8 @@ class Registration:
             "address": address,
             "port": port,
             "tags": [*BASE_TAGS, *tags],
-            "meta": {"version": version, "grpc_services": ",".join(grpc_services)},
+            # Extra meta (e.g. metrics_port, which Prometheus's Consul discovery reads) beside the mesh's own keys.
+            "meta": {**(meta or {}), "version": version, "grpc_services": ",".join(grpc_services)},
             # The suffix is the name the server's health servicer marks SERVING.
             "check": {"GRPC": target, "Interval": check_interval, "DeregisterCriticalServiceAfter": deregister_after,
                       "Status": initial_status},
