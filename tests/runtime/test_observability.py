@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -63,6 +64,11 @@ async def observed() -> AsyncIterator[Observed]:
     await observability.close()
 
 
+def read_url(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 def count(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -118,7 +124,8 @@ async def test_a_callers_traceparent_makes_the_server_span_its_child(observed: O
     assert await get_user(observed, "u-1", (("traceparent", traceparent),)) is grpc.StatusCode.OK
     [span] = observed.finished()
     assert f"{span.context.trace_id:032x}" == PARENT_TRACE
-    assert span.parent is not None and f"{span.parent.span_id:016x}" == PARENT_SPAN
+    assert span.parent is not None
+    assert f"{span.parent.span_id:016x}" == PARENT_SPAN
 
 
 @pytest.mark.parametrize("traceparent", ["garbage", f"00-{'0' * 32}-{PARENT_SPAN}-01", f"zz-{PARENT_TRACE}-x-01"])
@@ -168,16 +175,17 @@ def test_json_log_lines_are_one_object_each_with_the_message() -> None:
     record = logging.LogRecord("protomesh.app", logging.INFO, __file__, 1, "users ready on port %d", (7,), None)
     entry = json.loads(JsonFormatter().format(record))
     assert entry["message"] == "users ready on port 7"
-    assert entry["level"] == "INFO" and entry["logger"] == "protomesh.app"
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == "protomesh.app"
 
 
 async def test_metrics_are_served_as_prometheus_text_on_the_metrics_port(observed: Observed) -> None:
     port = observed.observability.start_metrics("127.0.0.1")
     await get_user(observed, "u-1")
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = await asyncio.to_thread(read_url, f"http://127.0.0.1:{port}/metrics")
     assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="GetUser"' in text
-    assert "process_cpu_seconds_total" in text and "python_gc_collections_total" in text
+    assert "process_cpu_seconds_total" in text
+    assert "python_gc_collections_total" in text
 
 
 async def test_with_metrics_and_tracing_off_only_the_protomesh_interceptor_runs() -> None:
