@@ -19,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
+from gateway_envoy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
+from gateway_envoy.scrape import scrape_registrations
 from gateway_envoy.state import ControlPlane
 from protomesh import ConsulSettings
 from protomesh.aio import BackgroundTasks
@@ -67,8 +69,22 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="Consul services the mesh declares, comma-separated: while none of their instances "
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
                              "(default: $PROTOMESH_EXPECTED_SERVICES)")
-    parser.add_argument("--status-port", type=int, default=0,
-                        help="serve GET /status (JSON) on 127.0.0.1:PORT; 0 = off")
+    parser.add_argument("--status-port", type=int, default=int(env.get("PROTOMESH_STATUS_PORT", "0")),
+                        help="serve GET /status (JSON) and GET /metrics (Prometheus) on PORT; 0 = off "
+                             "(default: $PROTOMESH_STATUS_PORT or 0)")
+    parser.add_argument("--status-host", default=env.get("PROTOMESH_STATUS_HOST", "127.0.0.1"),
+                        help="address the status endpoint binds (default: $PROTOMESH_STATUS_HOST or 127.0.0.1)")
+    parser.add_argument("--advertise-host", default=env.get("PROTOMESH_ADVERTISE_HOST", "127.0.0.1"),
+                        help="address registered in Consul for the status endpoint, which Prometheus scrapes "
+                             "(default: $PROTOMESH_ADVERTISE_HOST or 127.0.0.1)")
+    parser.add_argument("--envoy-admin", default=env.get("PROTOMESH_ENVOY_ADMIN", ""), metavar="HOST:PORT",
+                        help="Envoy's admin address, registered in Consul so Prometheus scrapes /stats/prometheus "
+                             "(default: $PROTOMESH_ENVOY_ADMIN; empty = not registered)")
+    parser.add_argument("--otlp-endpoint", default=env.get("PROTOMESH_OTLP_ENDPOINT", ""), metavar="HOST:PORT",
+                        help="OpenTelemetry collector (OTLP/gRPC) Envoy sends request spans to "
+                             "(default: $PROTOMESH_OTLP_ENDPOINT; empty = the gateway does not trace)")
+    parser.add_argument("--tracing-sampling", type=float, default=GatewayOptions.tracing_sampling_percent,
+                        metavar="PERCENT", help="share of new traces the gateway records (a caller's decision wins)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -77,7 +93,8 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     host, port = _host_port(args.listen)
     expected = tuple(sorted(name.strip() for name in args.expect.split(",") if name.strip()))
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
-                          max_request_bytes=args.max_request_bytes, expected_services=expected)
+                          max_request_bytes=args.max_request_bytes, expected_services=expected,
+                          tracing_endpoint=args.otlp_endpoint, tracing_sampling_percent=args.tracing_sampling)
 
 
 async def wait_for_descriptor(path: Path) -> Descriptor:
@@ -93,19 +110,24 @@ async def wait_for_descriptor(path: Path) -> Descriptor:
             await asyncio.sleep(DEFAULT_POLL_S)
 
 
-async def start_status_server(port: int, status: Callable[[], dict[str, object]]) -> asyncio.Server:
-    """A minimal HTTP endpoint: any GET answers the control plane's status as JSON."""
+async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",
+                              metrics: Callable[[], bytes] | None = None) -> asyncio.Server:
+    """A minimal HTTP endpoint: GET /metrics answers Prometheus text, any other GET the status as JSON."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await reader.readuntil(b"\r\n\r\n")
-            body = json.dumps(status()).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
+            if metrics is not None and path.split(b"?")[0] == b"/metrics":
+                body, kind = metrics(), METRICS_CONTENT_TYPE.encode()
+            else:
+                body, kind = json.dumps(status()).encode(), b"application/json"
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\nconnection: close\r\n"
+                         b"content-length: %d\r\n\r\n%s" % (kind, len(body), body))
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(handle, "127.0.0.1", port)
+    return await asyncio.start_server(handle, host, port)
 
 
 async def start_xds_server(args: argparse.Namespace, ads: AdsServer,
@@ -130,7 +152,11 @@ async def serve(args: argparse.Namespace) -> None:
     watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
     health_servicer = health.aio.HealthServicer()
     server = await start_xds_server(args, plane.ads, health_servicer)
-    status = await start_status_server(args.status_port, plane.status) if args.status_port else None
+    status = await start_status_server(args.status_port, plane.status, host=args.status_host,
+                                       metrics=plane.metrics.text) if args.status_port else None
+    status_port = status.sockets[0].getsockname()[1] if status is not None else 0
+    registrations = scrape_registrations(consul, advertise_host=args.advertise_host, status_port=status_port,
+                                         envoy_admin=args.envoy_admin, version="controlplane")
     tasks = BackgroundTasks()
     tasks.start(watcher.run(), name="consul-watch")
     try:
@@ -138,11 +164,15 @@ async def serve(args: argparse.Namespace) -> None:
         plane.set_catalog(watcher.services)
         plane.rebuild()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for registration in registrations:
+            await registration.start()
         tasks.start(plane.run_coalescer(), name="coalescer")
         tasks.start(watch_descriptor(args.descriptor, plane.set_descriptor, current=descriptor), name="descriptor")
         await _until_signalled()
     finally:
         log.info("control plane stopping")
+        for registration in registrations:
+            await registration.deregister()
         await tasks.stop()
         await server.stop(STOP_GRACE_S)
         if status is not None:

@@ -23,6 +23,7 @@ from gateway_envoy.clusters import ads_source
 from gateway_envoy.errors import build_local_reply_config
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, TRANSCODER_FILTER
+from gateway_envoy.tracing import build_tracing
 
 LISTENER_NAME = "gateway"
 # Response JSON style (documented in the README): proto3 JSON mapping with lowerCamelCase names, and
@@ -65,9 +66,10 @@ def disabled_transcoder() -> transcoder_pb2.GrpcJsonTranscoder:
     return transcoder_pb2.GrpcJsonTranscoder(proto_descriptor_bin=b"")
 
 
-def build_connection_manager() -> hcm.HttpConnectionManager:
+def build_connection_manager(tracing: hcm.HttpConnectionManager.Tracing | None = None,
+                             ) -> hcm.HttpConnectionManager:
     """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
-    and REST responses as returned (after the transcoder turned them into JSON)."""
+    and REST responses as returned (after the transcoder turned them into JSON). `tracing`: see tracing.py."""
     filters = [
         hcm.HttpFilter(name="envoy.filters.http.lua",
                        typed_config=_typed(lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source()}))),
@@ -84,12 +86,13 @@ def build_connection_manager() -> hcm.HttpConnectionManager:
         use_remote_address=BoolValue(value=True),
         normalize_path=BoolValue(value=True),
         merge_slashes=True,
+        tracing=tracing,
     )
 
 
 def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
     """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection."""
-    manager = build_connection_manager()
+    manager = build_connection_manager(build_tracing(options))
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(

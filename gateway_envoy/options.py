@@ -33,3 +33,7 @@ class GatewayOptions:
     # Consul services the mesh declares (the local runner passes its topology's): while none of their
     # instances passes, their API answers UNAVAILABLE (coming back) rather than UNIMPLEMENTED (not here).
     expected_services: tuple[str, ...] = ()
+    # OpenTelemetry collector (OTLP/gRPC host:port) for the gateway's spans; empty = no tracing (tracing.py).
+    tracing_endpoint: str = ""
+    # Share of new traces the gateway records, in percent (a caller's sampled traceparent is always followed).
+    tracing_sampling_percent: float = 100.0

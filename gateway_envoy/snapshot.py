@@ -16,6 +16,7 @@ from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, build_route_config, service_routes
+from gateway_envoy.tracing import COLLECTOR_CLUSTER, build_collector_cluster
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -103,10 +104,13 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
                         lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods,
                                                    build_transcoder(descriptor.data, transcoded, options),
                                                    expected))
+    clusters = {name: packer.get(CLUSTER_TYPE, name, (svc, options), functools.partial(build_cluster, svc, options))
+                for name, svc in catalog.items()}
+    collector = build_collector_cluster(options)
+    if collector is not None:
+        clusters[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
     parts = {
-        CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
-                                                 functools.partial(build_cluster, svc, options))
-                                for name, svc in catalog.items()}),
+        CLUSTER_TYPE: _by_name(clusters),
         ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
                                                   functools.partial(build_load_assignment, svc))
                                  for name, svc in catalog.items()}),
