@@ -4,7 +4,8 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose containers buf googleprotos; on request: grpcurl (make up),
+# Steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin; on request:
+# grpcurl (make up),
 # bench (make bench), goplugins tspackages maven (make clients), interop (make test)
 set -euo pipefail
 
@@ -24,6 +25,9 @@ PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 # grpc-go release whose interop client (and contracts, see tests/interop/descriptors) the interop suite runs.
 GRPC_GO_VERSION=v1.85.0
+# The OpenTelemetry Collector's builder; its release must match the components in observability/otelcol-builder.yaml.
+OTELCOL_BUILDER_VERSION=v0.148.0
+ZIPKIN_VERSION=3.5.1
 
 step() { printf '==> %s\n' "$*"; }
 ok() { printf '    %s\n' "$*"; }
@@ -264,15 +268,47 @@ step_maven() {
   ok "$(first_line mvn -v 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g'), $(javac -version 2>&1)"
 }
 
+# The OpenTelemetry Collector of the mesh: no prebuilt distribution is served by a registry reachable here, so the
+# collector's own builder (a Go module) compiles one with only the components observability/otelcol.yaml uses.
+step_otelcol() {
+  step "otelcol (OpenTelemetry Collector built with builder $OTELCOL_BUILDER_VERSION into .tools/bin/otelcol)"
+  local bin="$TOOLS/bin/otelcol" manifest="$ROOT/observability/otelcol-builder.yaml" want stamp="$TOOLS/bin/.otelcol-stamp"
+  want=$(sha256sum "$manifest" | cut -d' ' -f1)
+  if [ -x "$bin" ] && fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  need go "the collector is built with Go: install Go"
+  local build
+  build=$(mktemp -d)
+  quietly env GOBIN="$build/bin" go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_BUILDER_VERSION"
+  cp "$manifest" "$build/builder.yaml"
+  (cd "$build" && quietly "$build/bin/builder" --config=builder.yaml)
+  mkdir -p "$TOOLS/bin" && mv "$build/build/otelcol" "$bin" && rm -rf "$build"
+  echo "$want" >"$stamp"
+  ok "$("$bin" --version)"
+}
+
+# Zipkin, the trace backend (UI and query API): its server jar from Maven (kept in Maven's own ~/.m2), run with java.
+step_zipkin() {
+  step "zipkin $ZIPKIN_VERSION (io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec via mvn into .tools/zipkin; run with java)"
+  local jar="$TOOLS/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+  if [ -s "$jar" ] && type -P java >/dev/null; then ok "up to date"; return; fi
+  if ! type -P mvn >/dev/null || ! type -P java >/dev/null; then
+    as_root || die "maven or java is missing: run 'sudo apt-get install -y maven openjdk-17-jdk-headless'"
+    apt_install maven openjdk-17-jdk-headless
+  fi
+  quietly mvn -q -B dependency:copy "-Dartifact=io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+    "-DoutputDirectory=$TOOLS/zipkin"
+  ok "installed ($(du -h "$jar" | cut -f1))"
+}
+
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | grpcurl | bench | goplugins | \
-        tspackages | maven | interop) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos grpcurl" \
-           "bench goplugins tspackages maven interop)" ;;
+      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | prometheus | otelcol | zipkin | \
+        grpcurl | bench | goplugins | tspackages | maven | interop) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus" \
+           "otelcol zipkin grpcurl bench goplugins tspackages maven interop)" ;;
     esac
   done
 }
