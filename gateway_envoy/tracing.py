@@ -13,6 +13,7 @@ from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.type.v3 import percent_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.wrappers_pb2 import BoolValue
 
 from gateway_envoy.clusters import _seconds, http2_protocol_options
 from gateway_envoy.options import GatewayOptions
@@ -45,7 +46,7 @@ def build_tracing(options: GatewayOptions) -> hcm.HttpConnectionManager.Tracing 
         provider=http_tracer_pb2.Tracing.Http(name=TRACER, typed_config=packed),
         random_sampling=percent_pb2.Percent(value=options.tracing_sampling_percent),
         # The upstream call is its own CLIENT span, so a service's SERVER span has the gateway's as parent.
-        spawn_upstream_span=True)
+        spawn_upstream_span=BoolValue(value=True))
 
 
 def build_collector_cluster(options: GatewayOptions) -> cluster_pb2.Cluster | None:

@@ -3,12 +3,13 @@ tracing): the programs `make setup` installs, on the loopback ports docker-compo
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from localmesh.components import Component, MeshContext, digest, get_json, polled, supervised
-from localmesh.process import ManagedProcess, MissingComponentError, find_binary, free_port, port_open
+from localmesh.process import ManagedProcess, MissingComponentError, free_port, port_open
 from localmesh.topology import Spec
 
 # Container ports of the official images (docker-compose.yml publishes them on loopback).
@@ -20,7 +21,7 @@ OTLP_GRPC = 4317
 PROMETHEUS_TEMPLATE = Path("observability") / "prometheus.yml"
 CONSUL_PLACEHOLDER = "@CONSUL@"
 COLLECTOR_CONFIG = Path("observability") / "otelcol.yaml"
-# Installed by `make setup` (scripts/bootstrap.sh steps zipkin and otelcol).
+# Installed by `make setup` (scripts/bootstrap.sh steps prometheus, otelcol and zipkin).
 ZIPKIN_VERSION = "3.5.1"
 ZIPKIN_JAR = Path(".tools") / "zipkin" / f"zipkin-server-{ZIPKIN_VERSION}-exec.jar"
 COLLECTOR_BINARY = "otelcol"
@@ -29,6 +30,15 @@ COLLECTOR_BINARY = "otelcol"
 ZIPKIN_JVM = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss512k")
 # Prometheus keeps what `protomesh top` and a developer look at: hours, not weeks.
 PROMETHEUS_RETENTION = "6h"
+
+
+def project_tool(ctx: MeshContext, name: str) -> str:
+    """A program `make setup` built into the project's .tools/bin (never another on PATH: Debian's prometheus,
+    say, has no Consul discovery)."""
+    path = ctx.topology.project / ".tools" / "bin" / name
+    if not os.access(path, os.X_OK):
+        raise MissingComponentError(f"{name} is not installed in .tools/bin: run `make setup`")
+    return str(path)
 
 
 def render_prometheus_config(template: str, consul_address: str) -> str:
@@ -44,14 +54,15 @@ def prometheus(ctx: MeshContext, spec: Spec) -> Component:
     template = (ctx.topology.project / PROMETHEUS_TEMPLATE).read_text()
     folder.mkdir(parents=True, exist_ok=True)
     config.write_text(render_prometheus_config(template, ctx.consul_address))
-    argv = [find_binary("prometheus", project=ctx.topology.project), f"--config.file={config}",
+    argv = [project_tool(ctx, "prometheus"), f"--config.file={config}",
             f"--storage.tsdb.path={folder / 'data'}", f"--storage.tsdb.retention.time={PROMETHEUS_RETENTION}",
             f"--web.listen-address=127.0.0.1:{port}"]
     process = ManagedProcess(spec.instances[0], argv, log_dir=ctx.logs, env=ctx.environment(spec))
     url = f"http://127.0.0.1:{port}"
     ready = polled(lambda: get_json(f"{url}/api/v1/status/buildinfo") is not None)
     return Component(spec, [supervised(ctx, spec, spec.instances[0], process, ready)],
-                     f"{url}/targets (metrics; `protomesh top`)", digest(spec, template))
+                     f"{url}/api/v1/targets (Prometheus API; `protomesh top` shows it live)",
+                     digest(spec, template))
 
 
 def tracing(ctx: MeshContext, spec: Spec) -> Component:
@@ -79,7 +90,7 @@ def collector(ctx: MeshContext, spec: Spec) -> Component:
     # The compose file has it listen on every interface of its container; locally it is loopback only.
     env["OTELCOL_OTLP_GRPC_ENDPOINT"] = f"127.0.0.1:{port}"
     config = ctx.topology.project / COLLECTOR_CONFIG
-    argv = [find_binary(COLLECTOR_BINARY, project=ctx.topology.project), f"--config={config}"]
+    argv = [project_tool(ctx, COLLECTOR_BINARY), f"--config={config}"]
     process = ManagedProcess(spec.instances[0], argv, log_dir=ctx.logs, env=env)
     ready = polled(lambda: port_open(port))
     return Component(spec, [supervised(ctx, spec, spec.instances[0], process, ready)],

@@ -27,6 +27,9 @@ PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 GRPC_GO_VERSION=v1.85.0
 # The OpenTelemetry Collector's builder; its release must match the components in observability/otelcol-builder.yaml.
 OTELCOL_BUILDER_VERSION=v0.148.0
+# Prometheus 3.16.0 (its Go module numbers releases v0.<major><minor>.<patch>).
+PROMETHEUS_MODULE_VERSION=v0.316.0
+PROMETHEUS_VERSION=3.16.0
 ZIPKIN_VERSION=3.5.1
 
 step() { printf '==> %s\n' "$*"; }
@@ -284,6 +287,21 @@ step_otelcol() {
   mkdir -p "$TOOLS/bin" && mv "$build/build/otelcol" "$bin" && rm -rf "$build"
   echo "$want" >"$stamp"
   ok "$("$bin" --version)"
+}
+
+# Prometheus, built from its Go module: Debian's package has Consul discovery patched out ("Disable Consul SD until
+# its Debian package is back in shape", its changelog), and the mesh finds every target through Consul. Only the
+# Consul discovery is compiled in (remove_all_sd + enable_consul_sd), which also keeps the build short. A source
+# build has the HTTP API (what `protomesh top` and the tests read) but not the web UI, an npm build of its own.
+step_prometheus() {
+  step "prometheus $PROMETHEUS_VERSION (go install $PROMETHEUS_MODULE_VERSION, Consul discovery only, into .tools/bin)"
+  local bin="$TOOLS/bin/prometheus"
+  if [ -x "$bin" ] && [[ "$("$bin" --version 2>&1)" == *"version $PROMETHEUS_VERSION "* ]]; then ok "up to date"; return; fi
+  need go "Prometheus is built with Go: install Go"
+  quietly env GOBIN="$TOOLS/bin" go install -tags remove_all_sd,enable_consul_sd \
+    -ldflags "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
+  ok "$(first_line "$bin" --version)"
 }
 
 # Zipkin, the trace backend (UI and query API): its server jar from Maven (kept in Maven's own ~/.m2), run with java.
