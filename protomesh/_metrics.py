@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
+import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("protomesh.metrics")
 
@@ -33,53 +37,84 @@ def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
     return SERVER_STREAM if response_streaming else UNARY
 
 
-class CallMetrics:
-    """The grpc_{server,client}_* families of go-grpc-prometheus, plus in-flight calls, on one registry."""
+class CallMetrics(Collector):
+    """The grpc_{server,client}_* families of go-grpc-prometheus, plus in-flight calls, on one registry.
+
+    A call only adds to plain numbers of its method (MethodMetrics, made once per method): no lock, no label lookup.
+    The families are built from those numbers when Prometheus scrapes, on the /metrics thread; reading a number
+    another thread is adding to is safe under the GIL, and a scrape at worst misses the call being counted.
+    """
 
     def __init__(self, side: str, registry: CollectorRegistry) -> None:
-        what = "served by this process" if side == "server" else "made by this process"
-        self.started = Counter(f"grpc_{side}_started_total", f"RPCs {what}, started", CALL_LABELS,
-                               registry=registry)
-        self.handled = Counter(f"grpc_{side}_handled_total", f"RPCs {what}, completed, by status code",
-                               (*CALL_LABELS, "grpc_code"), registry=registry)
-        self.handling = Histogram(f"grpc_{side}_handling_seconds", f"Latency of RPCs {what}", CALL_LABELS,
-                                  buckets=LATENCY_BUCKETS, registry=registry)
-        self.received = Counter(f"grpc_{side}_msg_received_total", "Stream messages received", CALL_LABELS,
-                                registry=registry)
-        self.sent = Counter(f"grpc_{side}_msg_sent_total", "Stream messages sent", CALL_LABELS, registry=registry)
-        self.in_flight = Gauge(f"grpc_{side}_in_flight", f"RPCs {what}, still running", CALL_LABELS[1:],
-                               registry=registry)
+        self.side = side
+        self._what = "served by this process" if side == "server" else "made by this process"
         self._methods: dict[str, MethodMetrics] = {}
+        registry.register(self)
 
     def method(self, full_method: str, kind: str) -> MethodMetrics:
-        """The label children of one method (`/pkg.Service/Method`), made once: a call only increments."""
+        """The numbers of one method (`/pkg.Service/Method`), made on its first call."""
         found = self._methods.get(full_method)
         if found is None:
             service, _, name = full_method.lstrip("/").partition("/")
-            found = self._methods[full_method] = MethodMetrics(self, kind, service, name)
+            found = self._methods[full_method] = MethodMetrics(kind, service, name)
         return found
+
+    def describe(self) -> list[Metric]:
+        return []  # families are only known once methods were called: nothing to check against at registration
+
+    def collect(self) -> Iterator[Metric]:
+        side, what = self.side, self._what
+        started = CounterMetricFamily(f"grpc_{side}_started", f"RPCs {what}, started", labels=CALL_LABELS)
+        handled = CounterMetricFamily(f"grpc_{side}_handled", f"RPCs {what}, completed, by status code",
+                                      labels=(*CALL_LABELS, "grpc_code"))
+        handling = HistogramMetricFamily(f"grpc_{side}_handling_seconds", f"Latency of RPCs {what}",
+                                         labels=CALL_LABELS)
+        received = CounterMetricFamily(f"grpc_{side}_msg_received", "Stream messages received", labels=CALL_LABELS)
+        sent = CounterMetricFamily(f"grpc_{side}_msg_sent", "Stream messages sent", labels=CALL_LABELS)
+        in_flight = GaugeMetricFamily(f"grpc_{side}_in_flight", f"RPCs {what}, still running",
+                                      labels=CALL_LABELS[1:])
+        for bound in list(self._methods.values()):
+            labels = list(bound.labels)
+            started.add_metric(labels, bound.started)
+            for code, count in list(bound.codes.items()):
+                handled.add_metric([*labels, GO_CODE_NAMES[code]], count)
+            counts = list(bound.buckets)
+            cumulative, buckets = 0, []
+            for upper, count in zip((*LATENCY_BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if upper == math.inf else repr(upper), cumulative))
+            handling.add_metric(labels, buckets, bound.seconds)
+            if bound.streaming:
+                received.add_metric(labels, bound.received)
+                sent.add_metric(labels, bound.sent)
+            in_flight.add_metric(labels[1:], bound.in_flight)
+        yield from (started, handled, handling, received, sent, in_flight)
 
 
 class MethodMetrics:
-    """One method's prebound children; `handled(code)` binds a code's child on its first use."""
+    """One method's numbers; a call adds to them (`finish(code, seconds)` once it ended)."""
 
-    __slots__ = ("_codes", "_family", "_labels", "handling", "in_flight", "received", "sent", "started")
+    __slots__ = ("buckets", "codes", "in_flight", "labels", "received", "seconds", "sent", "started", "streaming")
 
-    def __init__(self, family: CallMetrics, kind: str, service: str, method: str) -> None:
-        self._family = family
-        self._labels = (kind, service, method)
-        self.started = family.started.labels(*self._labels)
-        self.handling = family.handling.labels(*self._labels)
-        self.received = family.received.labels(*self._labels)
-        self.sent = family.sent.labels(*self._labels)
-        self.in_flight = family.in_flight.labels(service, method)
-        self._codes: dict[grpc.StatusCode, Counter] = {}
+    def __init__(self, kind: str, service: str, method: str) -> None:
+        self.labels = (kind, service, method)
+        # go-grpc-prometheus counts messages of every call; here only streams count them (a unary call is one
+        # each way, which grpc_*_handled_total already says).
+        self.streaming = kind != UNARY
+        self.started = self.in_flight = self.received = self.sent = 0
+        self.codes: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)   # the last one: above the largest bound
+        self.seconds = 0.0
 
-    def handled(self, code: grpc.StatusCode) -> Counter:
-        child = self._codes.get(code)
-        if child is None:
-            child = self._codes[code] = self._family.handled.labels(*self._labels, GO_CODE_NAMES[code])
-        return child
+    def begin(self) -> None:
+        self.started += 1
+        self.in_flight += 1
+
+    def finish(self, code: grpc.StatusCode, seconds: float) -> None:
+        self.in_flight -= 1
+        self.codes[code] = self.codes.get(code, 0) + 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.seconds += seconds
 
 
 class EventMetrics:

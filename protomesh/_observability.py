@@ -14,10 +14,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from protomesh._interceptors import ProtomeshInterceptor
-from protomesh._metrics import CallMetrics, EventMetrics, grpc_type, process_metrics, serve_metrics
+from protomesh._metrics import CallMetrics, EventMetrics, MethodMetrics, grpc_type, process_metrics, serve_metrics
 from protomesh._settings import ObservabilitySettings
 from protomesh._telemetry import TelemetryInterceptor
-from protomesh._tracing import INSTRUMENTATION, tracer_provider
+from protomesh._tracing import INSTRUMENTATION, RootSampling, tracer_provider
 
 log = logging.getLogger("protomesh.observability")
 
@@ -44,6 +44,7 @@ class Observability:
             self.provider = tracer_provider(service, endpoint=settings.tracing_endpoint,
                                             sampling_ratio=settings.sampling_ratio, instance=instance)
         self.tracer: trace.Tracer | None = self.provider.get_tracer(INSTRUMENTATION) if self.provider else None
+        self.sampling = RootSampling(settings.sampling_ratio)
         self.metrics_port = 0
         self._stop_metrics: Callable[[], None] | None = None
 
@@ -57,7 +58,8 @@ class Observability:
         """The server's interceptors: telemetry outside, ProtomeshInterceptor innermost (see its docstring)."""
         if self.server_metrics is None and self.tracer is None:
             return [ProtomeshInterceptor()]
-        return [TelemetryInterceptor(metrics=self.server_metrics, tracer=self.tracer), ProtomeshInterceptor()]
+        return [TelemetryInterceptor(metrics=self.server_metrics, tracer=self.tracer, sampling=self.sampling),
+                ProtomeshInterceptor()]
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """For DiscoveryChannel's per-instance channels: grpc_client_* metrics, then OpenTelemetry's CLIENT spans
@@ -96,14 +98,12 @@ class _ClientMetrics:
         self._metrics = metrics
         self._kind = grpc_type(request_streaming, response_streaming)
 
-    def _method(self, details: grpc.aio.ClientCallDetails) -> Any:
+    def _method(self, details: grpc.aio.ClientCallDetails) -> MethodMetrics:
         method = details.method.decode() if isinstance(details.method, bytes) else str(details.method)
         return self._metrics.method(method, self._kind)
 
-    def _finish(self, bound: Any, started: float, code: grpc.StatusCode) -> None:
-        bound.in_flight.dec()
-        bound.handling.observe(time.perf_counter() - started)
-        bound.handled(code).inc()
+    def _finish(self, bound: MethodMetrics, started: float, code: grpc.StatusCode) -> None:
+        bound.finish(code, time.perf_counter() - started)
 
 
 class _UnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):
@@ -113,9 +113,7 @@ class _UnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails,
                                     request: Any) -> Any:
         bound = self._method(client_call_details)
-        bound.started.inc()
-        bound.in_flight.inc()
-        bound.sent.inc()
+        bound.begin()
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
@@ -129,8 +127,6 @@ class _UnaryUnaryMetrics(_ClientMetrics, grpc.aio.UnaryUnaryClientInterceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            if code is grpc.StatusCode.OK:
-                bound.received.inc()
             self._finish(bound, started, code)
 
 
@@ -143,8 +139,7 @@ class _StreamingMetrics(_ClientMetrics):
 
     def _track(self, details: grpc.aio.ClientCallDetails, call: Any) -> Any:
         bound = self._method(details)
-        bound.started.inc()
-        bound.in_flight.inc()
+        bound.begin()
         started = time.perf_counter()
 
         def done(finished: Any) -> None:

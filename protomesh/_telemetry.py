@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from protomesh._interceptors import DEFAULT_PASS_THROUGH_PREFIXES, _ended_early
 from protomesh._metrics import CallMetrics, MethodMetrics, grpc_type
-from protomesh._tracing import context_from_metadata
+from protomesh._tracing import RootSampling, context_from_metadata
 
 _Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 _OK = grpc.StatusCode.OK
@@ -39,10 +39,11 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                                                ProtomeshInterceptor()])
     """
 
-    def __init__(self, *, metrics: CallMetrics | None, tracer: Tracer | None,
+    def __init__(self, *, metrics: CallMetrics | None, tracer: Tracer | None, sampling: RootSampling | None = None,
                  pass_through_prefixes: Sequence[str] = DEFAULT_PASS_THROUGH_PREFIXES) -> None:
         self._metrics = metrics
         self._tracer = tracer
+        self._sampling = sampling or RootSampling(1.0)
         self._pass_through = tuple(pass_through_prefixes)
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -64,7 +65,8 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         streaming = (handler.request_streaming, handler.response_streaming)
         behavior, factory = _behavior(handler)
-        probe = _Probe(method, grpc_type(*streaming), self._metrics, self._tracer, handler.request_streaming)
+        probe = _Probe(method, grpc_type(*streaming), self._metrics, self._tracer, self._sampling,
+                       handler.request_streaming)
         if inspect.isasyncgenfunction(behavior):
             wrapped = _wrap_async_generator(behavior, probe)
         elif inspect.iscoroutinefunction(behavior):
@@ -89,12 +91,13 @@ def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Any]:
 class _Probe:
     """What is fixed per method: its metric children, span name and attributes."""
 
-    __slots__ = ("attributes", "metrics", "name", "streamed", "tracer")
+    __slots__ = ("attributes", "metrics", "name", "sampling", "streamed", "tracer")
 
     def __init__(self, method: str, kind: str, metrics: CallMetrics | None, tracer: Tracer | None,
-                 streamed: bool) -> None:
+                 sampling: RootSampling, streamed: bool) -> None:
         self.metrics: MethodMetrics | None = metrics.method(method, kind) if metrics is not None else None
         self.tracer = tracer
+        self.sampling = sampling
         self.streamed = streamed
         # OpenTelemetry's gRPC span name is `package.Service/Method`, without the path's leading slash.
         self.name = method.lstrip("/")
@@ -103,23 +106,22 @@ class _Probe:
 
     def begin(self, context: grpc.aio.ServicerContext[Any, Any]) -> trace.Span | None:
         if self.metrics is not None:
-            self.metrics.started.inc()
-            self.metrics.in_flight.inc()
-            if not self.streamed:
-                self.metrics.received.inc()
+            self.metrics.begin()
         if self.tracer is None:
             return None
         parent = context_from_metadata(context.invocation_metadata())
-        span = self.tracer.start_span(self.name, parent, kind=SpanKind.SERVER, attributes=self.attributes)
+        if parent is None and not self.sampling.sampled():
+            # The unsampled path: no SDK span at all, only the decision, for the calls this one makes.
+            span = RootSampling.unsampled_span()
+        else:
+            span = self.tracer.start_span(self.name, parent, kind=SpanKind.SERVER, attributes=self.attributes)
         # Not detached afterwards: grpc.aio runs each call in its own task, whose context ends with it.
         otel_context.attach(trace.set_span_in_context(span, parent))
         return span
 
     def end(self, span: trace.Span | None, code: grpc.StatusCode, started: float) -> None:
         if self.metrics is not None:
-            self.metrics.in_flight.dec()
-            self.metrics.handling.observe(time.perf_counter() - started)
-            self.metrics.handled(code).inc()
+            self.metrics.finish(code, time.perf_counter() - started)
         if span is not None:
             if span.is_recording():
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
@@ -131,12 +133,12 @@ class _Probe:
         """A streamed request with every message counted (grpc_server_msg_received_total)."""
         if self.metrics is None or not self.streamed:
             return request
-        return _counted(request, self.metrics.received)
+        return _counted(request, self.metrics)
 
 
-async def _counted(messages: AsyncIterator[Any], counter: Any) -> AsyncIterator[Any]:
+async def _counted(messages: AsyncIterator[Any], metrics: MethodMetrics) -> AsyncIterator[Any]:
     async for message in messages:
-        counter.inc()
+        metrics.received += 1
         yield message
 
 
@@ -158,10 +160,7 @@ def _wrap_coroutine(behavior: _Behavior, probe: _Probe) -> _Behavior:
         span = probe.begin(context)
         error: BaseException | None = None
         try:
-            response = await behavior(probe.requests(request), context)
-            if probe.metrics is not None:
-                probe.metrics.sent.inc()
-            return response
+            return await behavior(probe.requests(request), context)
         except BaseException as exc:  # recorded, then raised unchanged (grpc needs AbortError/CancelledError)
             error = exc
             raise
@@ -179,7 +178,7 @@ def _wrap_async_generator(behavior: _Behavior, probe: _Probe) -> _Behavior:
         try:
             async for response in behavior(probe.requests(request), context):
                 if probe.metrics is not None:
-                    probe.metrics.sent.inc()
+                    probe.metrics.sent += 1
                 yield response
         except BaseException as exc:  # GeneratorExit too: the client went away mid-stream
             error = exc

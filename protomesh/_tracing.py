@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Iterable, Mapping, MutableMapping
 
 from opentelemetry import context as otel_context
@@ -10,7 +12,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger("protomesh.tracing")
@@ -28,18 +30,77 @@ EXPORT_TIMEOUT_S = 2.0
 EXPORT_DELAY_MS = 500
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The SDK logs every failed export (twice a second while the collector is down) and every dropped span: one line of
+# each kind per minute says as much without flooding a service's log.
+QUIET_LOGGERS = ("opentelemetry.exporter.otlp.proto.grpc.exporter", "opentelemetry.sdk._shared_internal")
+QUIET_INTERVAL_S = 60.0
+
+
+class OncePerInterval(logging.Filter):
+    """Passes a record only when no record of the same message template passed within the interval."""
+
+    def __init__(self, interval_s: float = QUIET_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[object, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        last = self._last.get(record.msg)
+        if last is not None and now - last < self.interval_s:
+            return False
+        self._last[record.msg] = now
+        return True
+
+
+def quiet_exporter_logs() -> None:
+    """Install OncePerInterval on the SDK's export loggers (once per process)."""
+    for name in QUIET_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, OncePerInterval) for f in target.filters):
+            target.addFilter(OncePerInterval())
+
+
+class RootSampling:
+    """Whether a new trace (a span without a parent) is recorded: `ratio` of them, decided by protomesh itself.
+
+    The SDK's provider follows parents and records every root it is asked to start (ParentBased(ALWAYS_ON)); the
+    runtime asks only for sampled ones and gives the others a bare, non-recording span that still carries the
+    "not sampled" decision downstream. That skips the SDK (ids, sampler, span object) on the unsampled path.
+    """
+
+    __slots__ = ("ratio",)
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+
+    def sampled(self) -> bool:
+        return self.ratio >= 1.0 or (self.ratio > 0.0 and random.random() < self.ratio)
+
+    @staticmethod
+    def unsampled_span() -> trace.Span:
+        return trace.NonRecordingSpan(trace.SpanContext(
+            trace_id=random.getrandbits(128) or 1, span_id=random.getrandbits(64) or 1, is_remote=False,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT)))
+
+
+def is_root(parent: otel_context.Context | None) -> bool:
+    """Whether a span started in `parent` (None: the current context) starts a new trace."""
+    return not trace.get_current_span(parent).get_span_context().is_valid
 
 
 def tracer_provider(service: str, *, endpoint: str, sampling_ratio: float, instance: str = "") -> TracerProvider:
-    """A provider for one service: ParentBased(ratio) sampling, batched OTLP/gRPC export when endpoint is set.
+    """A provider for one service, batched OTLP/gRPC export when endpoint is set; it follows a parent's sampling
+    decision, and protomesh decides new traces with RootSampling(sampling_ratio).
 
     Not installed globally: several services may run in one process (tests), each with its own provider.
     """
     resource = Resource.create({"service.name": service, **({"service.instance.id": instance} if instance else {})})
-    provider = TracerProvider(resource=resource, sampler=ParentBased(TraceIdRatioBased(sampling_ratio)))
+    provider = TracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        quiet_exporter_logs()
         exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True, timeout=EXPORT_TIMEOUT_S)
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUED_SPANS,
                                                        schedule_delay_millis=EXPORT_DELAY_MS,

@@ -4,7 +4,7 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin; on request:
+# Steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin tmux; on request:
 # grpcurl (make up),
 # bench (make bench), goplugins tspackages maven (make clients), interop (make test)
 set -euo pipefail
@@ -318,15 +318,25 @@ step_zipkin() {
   ok "installed ($(du -h "$jar" | cut -f1))"
 }
 
+# `protomesh top`'s test runs it in a pseudo-terminal: tmux (Debian).
+step_tmux() {
+  step "tmux (Debian package; the protomesh top test drives a terminal with it)"
+  if type -P tmux >/dev/null; then ok "installed"; return; fi
+  as_root || die "tmux is missing: run 'sudo apt-get install -y tmux'"
+  apt_install tmux
+  ok "installed"
+}
+
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin
+    tmux)
   for s in "${steps[@]}"; do
     case "$s" in
       venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | prometheus | otelcol | zipkin | \
-        grpcurl | bench | goplugins | tspackages | maven | interop) "step_$s" ;;
+        tmux | grpcurl | bench | goplugins | tspackages | maven | interop) "step_$s" ;;
       *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus" \
-           "otelcol zipkin grpcurl bench goplugins tspackages maven interop)" ;;
+           "otelcol zipkin tmux grpcurl bench goplugins tspackages maven interop)" ;;
     esac
   done
 }

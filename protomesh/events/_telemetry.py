@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aio_pika
@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from protomesh._metrics import EventMetrics
-from protomesh._tracing import context_from_headers, current_traceparent, inject
+from protomesh._tracing import RootSampling, context_from_headers, current_traceparent, inject, is_root
 
 if TYPE_CHECKING:
     from protomesh._observability import Observability
@@ -48,12 +48,13 @@ class EventTelemetry:
 
     tracer: trace.Tracer | None = None
     metrics: EventMetrics | None = None
+    sampling: RootSampling = field(default_factory=lambda: RootSampling(1.0))
 
     @classmethod
     def of(cls, observability: Observability | None) -> EventTelemetry:
         if observability is None:
             return cls()
-        return cls(observability.tracer, observability.event_metrics)
+        return cls(observability.tracer, observability.event_metrics, observability.sampling)
 
     @contextmanager
     def publishing(self, exchange: str, event_type: str, message: aio_pika.Message,
@@ -66,8 +67,8 @@ class EventTelemetry:
         if self.metrics is not None:
             self.metrics.published.labels(event_type).inc()
         span = None
-        if self.tracer is not None:
-            parent = context_from_headers({"traceparent": trace_parent}) if trace_parent else None
+        parent = context_from_headers({"traceparent": trace_parent}) if trace_parent else None
+        if self.tracer is not None and (not is_root(parent) or self.sampling.sampled()):
             span = self.tracer.start_span(f"publish {exchange}", parent, kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": MESSAGING_SYSTEM, "messaging.destination.name": exchange,
                 "messaging.operation": "publish", "messaging.rabbitmq.destination.routing_key": event_type,
@@ -104,8 +105,8 @@ class EventTelemetry:
         if self.metrics is not None and redelivered:
             self.metrics.redelivered.labels(group, event_type).inc()
         span = token = None
-        if self.tracer is not None:
-            parent = context_from_headers(headers)
+        parent = context_from_headers(headers)
+        if self.tracer is not None and (parent is not None or self.sampling.sampled()):
             producer = trace.get_current_span(parent).get_span_context() if parent is not None else None
             links = [Link(producer)] if producer is not None and producer.is_valid else []
             span = self.tracer.start_span(f"process {queue}", parent, kind=SpanKind.CONSUMER, links=links, attributes={

@@ -57,7 +57,7 @@ async def observed_server(settings: ObservabilitySettings) -> tuple[Observabilit
 
 @pytest.fixture
 async def observed() -> AsyncIterator[Observed]:
-    observability, exporter, server = await observed_server(ObservabilitySettings())
+    observability, exporter, server = await observed_server(ObservabilitySettings(sampling_ratio=1.0))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield Observed(server, channel, exporter, observability)
     await server.stop()
@@ -194,3 +194,12 @@ async def test_with_metrics_and_tracing_off_only_the_protomesh_interceptor_runs(
     assert [type(i).__name__ for i in interceptors] == ["ProtomeshInterceptor"]
     assert off.start_metrics("127.0.0.1") == 0
     assert off.client_interceptors() == []
+
+
+def test_repeated_export_failures_are_logged_once_per_minute() -> None:
+    from protomesh._tracing import OncePerInterval
+
+    once = OncePerInterval(interval_s=60)
+    record = logging.LogRecord("opentelemetry.exporter", logging.ERROR, __file__, 1, "Failed to export %s", ("x",),
+                               None)
+    assert [once.filter(record) for _ in range(3)] == [True, False, False]
