@@ -32,12 +32,24 @@ ZIPKIN_JVM = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss51
 PROMETHEUS_RETENTION = "6h"
 
 
+# The checkout this runner comes from: a project made elsewhere (`protomesh new`'s, a test's copy) uses its tools.
+RUNNER_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def tool_path(project: Path, relative: Path) -> Path:
+    """A file `make setup` put under .tools: the project's own, else the runner's checkout's. Never one on PATH:
+    Debian's prometheus, say, has no Consul discovery."""
+    for root in (project, RUNNER_CHECKOUT):
+        if (root / relative).is_file():
+            return root / relative
+    raise MissingComponentError(f"{relative} is not installed: run `make setup`")
+
+
 def project_tool(ctx: MeshContext, name: str) -> str:
-    """A program `make setup` built into the project's .tools/bin (never another on PATH: Debian's prometheus,
-    say, has no Consul discovery)."""
-    path = ctx.topology.project / ".tools" / "bin" / name
+    """A program `make setup` built into .tools/bin."""
+    path = tool_path(ctx.topology.project, Path(".tools") / "bin" / name)
     if not os.access(path, os.X_OK):
-        raise MissingComponentError(f"{name} is not installed in .tools/bin: run `make setup`")
+        raise MissingComponentError(f"{path} is not executable: run `make setup`")
     return str(path)
 
 
@@ -68,11 +80,10 @@ def prometheus(ctx: MeshContext, spec: Spec) -> Component:
 def tracing(ctx: MeshContext, spec: Spec) -> Component:
     """Zipkin (in-memory storage) with its UI and query API on the published port."""
     port = spec.ports.get(ZIPKIN_HTTP) or free_port()
-    jar = ctx.topology.project / ZIPKIN_JAR
+    jar = tool_path(ctx.topology.project, ZIPKIN_JAR)
     java = shutil.which("java")
-    if not jar.is_file() or java is None:
-        raise MissingComponentError(f"Zipkin {ZIPKIN_VERSION} ({ZIPKIN_JAR}, run with java) is not installed: "
-                                    "run `make setup`")
+    if java is None:
+        raise MissingComponentError(f"java (which runs Zipkin {ZIPKIN_VERSION}) is not installed: run `make setup`")
     # Armeria's own port settings, so it binds loopback only (--server.port would bind every interface).
     argv = [java, *ZIPKIN_JVM, "-jar", str(jar), f"--armeria.ports[0].port={port}",
             "--armeria.ports[0].ip=127.0.0.1", "--armeria.ports[0].protocols=http"]

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -46,8 +47,12 @@ class Observed:
         self.zipkin = f"http://127.0.0.1:{topology.host_port('tracing', 9411)}"
 
     async def get(self, url: str, **params: str) -> Any:
-        async with self.mesh.http.get(url, params=params) as response:
-            return await response.json(content_type=None) if response.status == 200 else None
+        """The decoded JSON answer; None while the component does not answer (yet)."""
+        try:
+            async with self.mesh.http.get(url, params=params) as response:
+                return await response.json(content_type=None) if response.status == 200 else None
+        except aiohttp.ClientError:
+            return None
 
     async def series(self, promql: str) -> list[dict[str, Any]]:
         body = await self.get(f"{self.prometheus}/api/v1/query", query=promql)
