@@ -45,7 +45,8 @@ def examples(topology: Topology, gateway: str) -> str:
     """The calls the topology file suggests (`x-protomesh: try:`), and the commands that show the mesh."""
     suggested = str(topology.settings.get("try") or "").replace("{gateway}", gateway).rstrip()
     calls = f"Try it (REST and gRPC share the gateway port):\n{textwrap.indent(suggested, '  ')}\n" if suggested else ""
-    return calls + "See it: protomesh status · protomesh logs NAME -f · protomesh restart NAME · protomesh down\n"
+    return calls + ("See it: protomesh status · protomesh top · protomesh logs NAME -f · protomesh restart NAME · "
+                    "protomesh down\n")
 
 
 async def run_foreground(project: Path, env: Mapping[str, str]) -> int:
