@@ -13,7 +13,7 @@ PROTOS := $(shell find protos/acme -name '*.proto' 2>/dev/null | sort)
 SERVICES := $(patsubst services/%/app,%,$(wildcard services/*/app))
 COMPOSE_TEST := tests/containers/test_stack.py::test_the_stack_in_containers_answers_the_walkthrough_and_survives_a_kill_9
 
-.PHONY: help setup protos clients lint test images compose-test up down status bench chaos clean
+.PHONY: help setup protos openapi clients lint test images compose-test up down status bench chaos clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -24,6 +24,10 @@ setup: ## Install every tool into the project (.venv, .tools): idempotent, print
 protos: ## Generate Python stubs (gen/python) and the gateway descriptor set (gen/descriptors)
 	@scripts/bootstrap.sh venv >/dev/null
 	@$(VENV)/bin/protomesh protos --root protos --python-out gen/python --descriptor-out $(DESCRIPTOR)
+
+openapi: setup protos ## Generate the REST API's OpenAPI document (gen/openapi), served at /openapi.json and /docs
+	@scripts/bootstrap.sh openapi swaggerui >/dev/null
+	@scripts/openapi.sh
 
 clients: setup protos ## Generate and build the Go, TypeScript and Java clients (gen/go, clients/ts/dist, clients/java/target)
 	@scripts/clients.sh
@@ -37,8 +41,8 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@# Each service's package is named `app`, so each is checked from its own folder.
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
-test: setup protos lint clients ## Run every test against real Consul, Envoy and RabbitMQ
-	@scripts/bootstrap.sh bench interop
+test: setup protos openapi lint clients ## Run every test against real Consul, Envoy and RabbitMQ
+	@scripts/bootstrap.sh bench interop grpcurl chromium browser fuzz
 	@scripts/test.sh
 
 images: setup ## Build every image docker-compose.yml names with podman (stand-in base images where no registry)
@@ -47,7 +51,7 @@ images: setup ## Build every image docker-compose.yml names with podman (stand-i
 compose-test: setup protos ## Run docker-compose.yml in podman: walkthrough and kill -9 through the containerised Envoy
 	@$(PY) -m pytest $(COMPOSE_TEST) -q -o log_cli=true --log-cli-level=INFO --log-cli-format='%(asctime)s %(message)s'
 
-up: setup protos ## Run the whole mesh in the foreground (Ctrl-C stops it)
+up: setup protos openapi ## Run the whole mesh in the foreground (Ctrl-C stops it)
 	@scripts/bootstrap.sh grpcurl
 	@$(VENV)/bin/protomesh up
 

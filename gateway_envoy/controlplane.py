@@ -19,8 +19,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
+from gateway_envoy.docs import DocsSite, encode
 from gateway_envoy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
+from gateway_envoy.reflection import GatewayReflection
 from gateway_envoy.scrape import scrape_registrations
 from gateway_envoy.state import ControlPlane
 from protomesh import ConsulSettings
@@ -65,15 +67,26 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="seconds before a call through the gateway fails with 504 / DEADLINE_EXCEEDED")
     parser.add_argument("--max-request-bytes", type=int, default=GatewayOptions.max_request_bytes,
                         help="largest REST request body; larger ones get 413")
+    parser.add_argument("--request-headers-timeout", type=float, default=GatewayOptions.request_headers_timeout_s,
+                        help="seconds a client may take to send its request headers; slower ones get 408")
     parser.add_argument("--expect", default=env.get("PROTOMESH_EXPECTED_SERVICES", ""), metavar="NAMES",
                         help="Consul services the mesh declares, comma-separated: while none of their instances "
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
                              "(default: $PROTOMESH_EXPECTED_SERVICES)")
-    parser.add_argument("--status-port", type=int, default=int(env.get("PROTOMESH_STATUS_PORT", "0")),
-                        help="serve GET /status (JSON) and GET /metrics (Prometheus) on PORT; 0 = off "
-                             "(default: $PROTOMESH_STATUS_PORT or 0)")
+    parser.add_argument("--status-port", type=int, default=int(env.get("PROTOMESH_STATUS_PORT", 0)),
+                        help="serve GET /status (JSON), GET /metrics (Prometheus), and the API docs when given, on "
+                             "PORT; 0 = off (default: $PROTOMESH_STATUS_PORT or 0)")
     parser.add_argument("--status-host", default=env.get("PROTOMESH_STATUS_HOST", "127.0.0.1"),
-                        help="address the status endpoint binds (default: $PROTOMESH_STATUS_HOST or 127.0.0.1)")
+                        help="address the status server binds (default: $PROTOMESH_STATUS_HOST or 127.0.0.1)")
+    parser.add_argument("--openapi", type=Path, default=env.get("PROTOMESH_OPENAPI") or None,
+                        help="the OpenAPI document `make openapi` writes, served at /openapi.json "
+                             "(default: $PROTOMESH_OPENAPI; without it, 404)")
+    parser.add_argument("--docs-assets", type=Path, default=env.get("PROTOMESH_DOCS_ASSETS") or None,
+                        help="swagger-ui-dist's folder, for the page at /docs (default: $PROTOMESH_DOCS_ASSETS; "
+                             "without it, 404)")
+    parser.add_argument("--docs-address", default=env.get("PROTOMESH_DOCS_ADDRESS", ""), metavar="HOST:PORT",
+                        help="where Envoy reaches the status server for /openapi.json and /docs (default: "
+                             "$PROTOMESH_DOCS_ADDRESS, else 127.0.0.1:STATUS_PORT when --openapi or --docs-assets)")
     parser.add_argument("--advertise-host", default=env.get("PROTOMESH_ADVERTISE_HOST", "127.0.0.1"),
                         help="address registered in Consul for the status endpoint, which Prometheus scrapes "
                              "(default: $PROTOMESH_ADVERTISE_HOST or 127.0.0.1)")
@@ -94,7 +107,17 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     expected = tuple(sorted(name.strip() for name in args.expect.split(",") if name.strip()))
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
-                          tracing_endpoint=args.otlp_endpoint, tracing_sampling_percent=args.tracing_sampling)
+                          request_headers_timeout_s=args.request_headers_timeout,
+                          docs_address=docs_address(args), tracing_endpoint=args.otlp_endpoint,
+                          tracing_sampling_percent=args.tracing_sampling)
+
+
+def docs_address(args: argparse.Namespace) -> str:
+    """Where Envoy sends /openapi.json and /docs: the flag, or this host's status port when there are docs."""
+    if args.docs_address:
+        return str(args.docs_address)
+    serves_docs = args.openapi is not None or args.docs_assets is not None
+    return f"127.0.0.1:{args.status_port}" if serves_docs and args.status_port else ""
 
 
 async def wait_for_descriptor(path: Path) -> Descriptor:
@@ -111,30 +134,40 @@ async def wait_for_descriptor(path: Path) -> Descriptor:
 
 
 async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",
+                              docs: DocsSite | None = None,
                               metrics: Callable[[], bytes] | None = None) -> asyncio.Server:
-    """A minimal HTTP endpoint: GET /metrics answers Prometheus text, any other GET the status as JSON."""
+    """A minimal HTTP endpoint: the docs paths answer from `docs`, GET /metrics Prometheus text, any other GET the
+    control plane's status."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1] if head.count(b" ") >= 2 else b"/"
-            if metrics is not None and path.split(b"?")[0] == b"/metrics":
-                body, kind = metrics(), METRICS_CONTENT_TYPE.encode()
+            method, _, target = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+            path = target.split(" ", 1)[0].split("?", 1)[0]
+            if docs is not None and docs.serves(path):
+                writer.write(encode(await docs.reply(method, path), head=method == "HEAD"))
+            elif metrics is not None and path == "/metrics":
+                writer.write(_ok(metrics(), METRICS_CONTENT_TYPE))
             else:
-                body, kind = json.dumps(status()).encode(), b"application/json"
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\nconnection: close\r\n"
-                         b"content-length: %d\r\n\r\n%s" % (kind, len(body), body))
+                writer.write(_ok(json.dumps(status()).encode(), "application/json"))
             await writer.drain()
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
 
 
-async def start_xds_server(args: argparse.Namespace, ads: AdsServer,
-                           health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
-    """ADS plus grpc.health ("" turns SERVING with the first snapshot: the container healthcheck waits for it)."""
+def _ok(body: bytes, content_type: str) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (content_type.encode(), len(body), body))
+
+
+async def start_xds_server(args: argparse.Namespace, ads: AdsServer, health_servicer: health.aio.HealthServicer,
+                           reflection: GatewayReflection) -> grpc.aio.Server:
+    """ADS, the gateway's reflection (Envoy routes it here), and grpc.health ("" turns SERVING with the first
+    snapshot: the container healthcheck waits for it)."""
     server = grpc.aio.server(options=XDS_SERVER_OPTIONS)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    reflection.add_to_server(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     server.add_insecure_port(f"{args.xds_host}:{args.xds_port}")
@@ -151,8 +184,11 @@ async def serve(args: argparse.Namespace) -> None:
     plane = ControlPlane(options_from(args), descriptor)
     watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
     health_servicer = health.aio.HealthServicer()
-    server = await start_xds_server(args, plane.ads, health_servicer)
-    status = await start_status_server(args.status_port, plane.status, host=args.status_host,
+    reflection = GatewayReflection(descriptor)
+    plane.on_accepted.append(reflection.update)
+    server = await start_xds_server(args, plane.ads, health_servicer, reflection)
+    docs = DocsSite(openapi=args.openapi, assets=args.docs_assets)
+    status = await start_status_server(args.status_port, plane.status, host=args.status_host, docs=docs,
                                        metrics=plane.metrics.text) if args.status_port else None
     status_port = status.sockets[0].getsockname()[1] if status is not None else 0
     registrations = scrape_registrations(consul, advertise_host=args.advertise_host, status_port=status_port,

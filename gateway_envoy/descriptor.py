@@ -37,6 +37,8 @@ class Descriptor:
     # gRPC paths ("/acme.users.v1.UserService/GetUser") of the unary methods the contract marks
     # `idempotency_level = NO_SIDE_EFFECTS` (or IDEMPOTENT): safe to send again after an instance got them.
     retry_safe_methods: tuple[str, ...] = ()
+    # gRPC paths of the methods that stream requests or responses: they get no route timeout of their own.
+    streaming_methods: tuple[str, ...] = ()
 
 
 def parse_descriptor(data: bytes) -> Descriptor:
@@ -53,15 +55,13 @@ def parse_descriptor(data: bytes) -> Descriptor:
         for proto in files.file
         for service in proto.service
     )
-    retry_safe = sorted(
-        f"/{proto.package + '.' if proto.package else ''}{service.name}/{method.name}"
-        for proto in files.file
-        for service in proto.service
-        for method in service.method
-        if method.options.idempotency_level in RETRY_SAFE_LEVELS
-        and not (method.client_streaming or method.server_streaming)
-    )
-    return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16], tuple(retry_safe))
+    methods = [(f"/{proto.package + '.' if proto.package else ''}{service.name}/{method.name}", method)
+               for proto in files.file for service in proto.service for method in service.method]
+    streaming = sorted(path for path, method in methods if method.client_streaming or method.server_streaming)
+    retry_safe = sorted(path for path, method in methods
+                        if method.options.idempotency_level in RETRY_SAFE_LEVELS and path not in streaming)
+    return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16], tuple(retry_safe),
+                      tuple(streaming))
 
 
 def read_descriptor(path: Path) -> Descriptor:

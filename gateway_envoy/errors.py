@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.type.matcher.v3 import metadata_pb2, value_pb2
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import BoolValue
 
@@ -48,8 +49,18 @@ def rest_request_matcher() -> metadata_pb2.MetadataMatcher:
 
 
 def _rest_request() -> accesslog_pb2.AccessLogFilter:
-    return accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
+    """A request the Lua filter marked REST, or one that never reached it and is not gRPC: Envoy answers
+    431 (headers too large) and 408 (headers too slow) before any filter runs."""
+    marked = accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
         matcher=rest_request_matcher(), match_if_key_not_found=BoolValue(value=False)))
+    # A missing content-type counts as empty (not gRPC): without that, Envoy never matches a missing header,
+    # inverted or not, and those early replies have no request headers at all.
+    grpc_content = route_components_pb2.HeaderMatcher(
+        name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"),
+        treat_missing_header_as_empty=True)
+    not_grpc = accesslog_pb2.AccessLogFilter(header_filter=accesslog_pb2.HeaderFilter(header=grpc_content))
+    not_grpc.header_filter.header.invert_match = True
+    return accesslog_pb2.AccessLogFilter(or_filter=accesslog_pb2.OrFilter(filters=[marked, not_grpc]))
 
 
 def _status_is(code: int) -> accesslog_pb2.AccessLogFilter:

@@ -16,20 +16,30 @@ from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf.any_pb2 import Any as AnyProto
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from gateway_envoy.clusters import ads_source
 from gateway_envoy.errors import build_local_reply_config
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import ROUTE_CONFIG_NAME, TRANSCODER_FILTER
+from gateway_envoy.routes import ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER
 from gateway_envoy.tracing import build_tracing
 
 LISTENER_NAME = "gateway"
 # Response JSON style (documented in the README): proto3 JSON mapping with lowerCamelCase names, and
 # fields at their default value printed too, so clients see `"nextPageToken": ""` rather than nothing.
+# A streamed response (WatchNotifications) is newline-delimited JSON, one message per line: a client reads
+# each as it comes, and a stream cut short still leaves whole documents (a JSON array would be left open).
 PRINT_OPTIONS = transcoder_pb2.GrpcJsonTranscoder.PrintOptions(
-    always_print_primitive_fields=True, preserve_proto_field_names=False, add_whitespace=False)
+    always_print_primitive_fields=True, preserve_proto_field_names=False, add_whitespace=False,
+    stream_newline_delimited=True)
+
+
+def _seconds(value: float) -> Duration:
+    duration = Duration()
+    duration.FromMilliseconds(round(value * 1000))
+    return duration
 
 
 def _typed(message: Message) -> AnyProto:
@@ -66,15 +76,17 @@ def disabled_transcoder() -> transcoder_pb2.GrpcJsonTranscoder:
     return transcoder_pb2.GrpcJsonTranscoder(proto_descriptor_bin=b"")
 
 
-def build_connection_manager(tracing: hcm.HttpConnectionManager.Tracing | None = None,
-                             ) -> hcm.HttpConnectionManager:
+def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManager:
     """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
-    and REST responses as returned (after the transcoder turned them into JSON). `tracing`: see tracing.py."""
+    and REST responses as returned (after the transcoder turned them into JSON)."""
     filters = [
         hcm.HttpFilter(name="envoy.filters.http.lua",
                        typed_config=_typed(lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source()}))),
         hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=_typed(disabled_transcoder())),
-        hcm.HttpFilter(name="envoy.filters.http.router", typed_config=_typed(router_pb2.Router())),
+        # No x-envoy-* headers either way (x-envoy-expected-rq-timeout-ms, -upstream-service-time, ...): a
+        # service sees its caller's deadline and nothing of the gateway's own.
+        hcm.HttpFilter(name="envoy.filters.http.router",
+                       typed_config=_typed(router_pb2.Router(suppress_envoy_headers=True))),
     ]
     return hcm.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
@@ -86,13 +98,20 @@ def build_connection_manager(tracing: hcm.HttpConnectionManager.Tracing | None =
         use_remote_address=BoolValue(value=True),
         normalize_path=BoolValue(value=True),
         merge_slashes=True,
-        tracing=tracing,
+        # Clients learn nothing of what the gateway runs on: no `server: envoy` is added to any response.
+        server_header_transformation=hcm.HttpConnectionManager.PASS_THROUGH,
+        # Streams have no overall limit but the caller's deadline; one with nothing passing is ended after this.
+        stream_idle_timeout=_seconds(STREAM_IDLE_TIMEOUT_S),
+        # A client that has not sent its request headers after this long gets 408, not a connection held open.
+        request_headers_timeout=_seconds(options.request_headers_timeout_s),
+        # OpenTelemetry spans to the collector when one is configured, else none (tracing.py).
+        tracing=build_tracing(options),
     )
 
 
 def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
     """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection."""
-    manager = build_connection_manager(build_tracing(options))
+    manager = build_connection_manager(options)
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(

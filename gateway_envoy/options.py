@@ -18,6 +18,9 @@ DEFAULT_CONNECT_TIMEOUT_S = 1.0
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 # Largest response the transcoder buffers to convert to JSON (gRPC's default message limit).
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+# Long enough for any real client on a slow link: one that has not sent its request headers by then is
+# holding a connection open, and gets 408.
+DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,12 @@ class GatewayOptions:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    request_headers_timeout_s: float = DEFAULT_REQUEST_HEADERS_TIMEOUT_S
     # Consul services the mesh declares (the local runner passes its topology's): while none of their
     # instances passes, their API answers UNAVAILABLE (coming back) rather than UNIMPLEMENTED (not here).
     expected_services: tuple[str, ...] = ()
+    # host:port at which Envoy reaches the control plane's docs server (/openapi.json, /docs); "" = not routed.
+    docs_address: str = ""
     # OpenTelemetry collector (OTLP/gRPC host:port) for the gateway's spans; empty = no tracing (tracing.py).
     tracing_endpoint: str = ""
     # Share of new traces the gateway records, in percent (a caller's sampled traceparent is always followed).

@@ -9,7 +9,21 @@ local function is_grpc(headers)
   return content_type ~= nil and content_type:sub(1, #GRPC) == GRPC
 end
 
+-- x-envoy-* headers are the gateway's own: none a client sends reaches a service, none reaches a client.
+local function strip_envoy_headers(headers)
+  local found = {}
+  for key, _ in pairs(headers) do
+    if key:sub(1, 8) == "x-envoy-" then
+      found[#found + 1] = key
+    end
+  end
+  for _, key in ipairs(found) do
+    headers:remove(key)
+  end
+end
+
 function envoy_on_request(request_handle)
+  strip_envoy_headers(request_handle:headers())
   if not is_grpc(request_handle:headers()) then
     request_handle:streamInfo():dynamicMetadata():set("protomesh.gateway", "rest", true)
     request_handle:body()
@@ -18,6 +32,7 @@ end
 
 function envoy_on_response(response_handle)
   local headers = response_handle:headers()
+  strip_envoy_headers(headers)
   if not is_grpc(headers) then
     headers:remove("grpc-status")
     headers:remove("grpc-message")

@@ -1,8 +1,10 @@
-"""Pure builder for the route table: one gRPC-prefix route per announced service, to its Consul cluster."""
+"""Pure builder for the route table: each announced service's gRPC paths to its Consul cluster, with timeouts and
+retries that keep the gateway transparent to gRPC clients."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -12,19 +14,29 @@ from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import UInt32Value
 
+from gateway_envoy.bootstrap import XDS_CLUSTER
 from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.errors import rest_request_matcher
 from gateway_envoy.options import GatewayOptions
 
 ROUTE_CONFIG_NAME = "protomesh"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
-# Only failures where the instance cannot have processed the request: safe to retry even for
-# non-idempotent calls such as CreateUser.
-RETRY_ON = "connect-failure,refused-stream,unavailable"
-# Methods the contract marks free of side effects are also retried when the stream was reset after the
-# instance received it (it was killed mid-call, or during the ~10 ms a killed process takes to die):
-# running them twice is harmless.
-RETRY_ON_SAFE_METHOD = f"{RETRY_ON},reset"
+# Server reflection at the gateway (the control plane answers it; see reflection.py).
+REFLECTION_SERVICES = ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection")
+REFLECTION_METHOD = "ServerReflectionInfo"
+# What the transcoder adds to a REST request it turns into gRPC, for Envoy's own use.
+TRANSCODER_HEADERS = ["x-envoy-original-path", "x-envoy-original-method"]
+# Only failures where the instance cannot have run the request: safe to retry for every method, CreateUser too.
+RETRY_ON = "connect-failure,refused-stream"
+# Methods the contract marks NO_SIDE_EFFECTS or IDEMPOTENT are also retried when the instance may have run
+# them: it was killed mid-call (reset), or its handler answered UNAVAILABLE. Running them twice is harmless;
+# running CreateOrder twice is not, so a handler's UNAVAILABLE reaches other methods' callers as it is.
+RETRY_ON_SAFE_METHOD = f"{RETRY_ON},reset,unavailable"
+# A stream the gateway keeps open with nothing passing either way for this long is ended: it protects Envoy
+# from abandoned streams and sits well above WatchNotifications' heartbeat (20 s).
+STREAM_IDLE_TIMEOUT_S = 300
+# A gRPC request with a deadline (grpc-timeout) gets no limit of the gateway's own: 0 turns the route's off.
+NO_CAP = 0
 # Two more tries, each on a different instance (previous_hosts), covers one or two dead instances.
 NUM_RETRIES = 2
 # How often Envoy re-picks a host to honour previous_hosts before it settles for a repeat.
@@ -72,19 +84,52 @@ def _method_match(path: str) -> route_components_pb2.RouteMatch:
     return route_components_pb2.RouteMatch(path=path, grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions())
 
 
-def _to_cluster(grpc_service: str, cluster: str, options: GatewayOptions, *, method_path: str = "",
-                ) -> route_components_pb2.Route:
-    """The service's prefix route or, with method_path, the route of one retry-safe method (listed first)."""
-    return route_components_pb2.Route(
-        name=method_path or grpc_service,
-        match=_method_match(method_path) if method_path else _match(grpc_service),
-        route=route_components_pb2.RouteAction(
-            cluster=cluster,
-            # Applies to REST and gRPC alike. grpc_timeout_header_max is not set on purpose: with it, a request
-            # without grpc-timeout (every REST request) would get no timeout at all. A gRPC client's deadline
-            # still reaches the instance in the grpc-timeout header.
-            timeout=_duration_ms(round(options.route_timeout_s * 1000)),
-            retry_policy=_retry_policy(RETRY_ON_SAFE_METHOD if method_path else RETRY_ON)))
+def _with_deadline(match: route_components_pb2.RouteMatch) -> route_components_pb2.RouteMatch:
+    """The same match, for requests that carry a gRPC deadline (a grpc-timeout header)."""
+    narrowed = route_components_pb2.RouteMatch()
+    narrowed.CopyFrom(match)
+    narrowed.headers.append(route_components_pb2.HeaderMatcher(name="grpc-timeout", present_match=True))
+    return narrowed
+
+
+def _action(cluster: str, retry_on: str, *, timeout_s: float | None) -> route_components_pb2.RouteAction:
+    """To the cluster, with the gateway's own limit when timeout_s is given; without one, the gateway adds no
+    limit at all: the caller's grpc-timeout reaches the service, which ends the call with DEADLINE_EXCEEDED in
+    proper trailers (a gateway that cut it at the same instant would reset the stream instead)."""
+    action = route_components_pb2.RouteAction(cluster=cluster, retry_policy=_retry_policy(retry_on))
+    action.timeout.CopyFrom(_duration_ms(NO_CAP if timeout_s is None else round(timeout_s * 1000)))
+    return action
+
+
+def _unary(name: str, match: route_components_pb2.RouteMatch, cluster: str, retry_on: str,
+           options: GatewayOptions) -> list[route_components_pb2.Route]:
+    """A call with a deadline gets exactly its deadline; one without (every REST call) the route timeout."""
+    return [
+        route_components_pb2.Route(name=f"{name} (deadline)", match=_with_deadline(match),
+                                   route=_action(cluster, retry_on, timeout_s=None)),
+        route_components_pb2.Route(name=name, match=match,
+                                   route=_action(cluster, retry_on, timeout_s=options.route_timeout_s)),
+    ]
+
+
+def _stream(path: str, cluster: str, retry_on: str) -> route_components_pb2.Route:
+    """A streaming method lives until its deadline or cancellation; only a stream idle for minutes is ended."""
+    action = _action(cluster, retry_on, timeout_s=None)
+    action.idle_timeout.CopyFrom(_duration_ms(STREAM_IDLE_TIMEOUT_S * 1000))
+    return route_components_pb2.Route(name=path, match=_method_match(path), route=action)
+
+
+def _service(grpc_service: str, cluster: str, options: GatewayOptions, methods: MethodKinds,
+             ) -> list[route_components_pb2.Route]:
+    """The routes of one served service: its streaming and retry-safe methods first, then its prefix."""
+    routes: list[route_components_pb2.Route] = []
+    for path in sorted(p for p in {*methods.streaming, *methods.retry_safe} if p.startswith(f"/{grpc_service}/")):
+        retry_on = RETRY_ON_SAFE_METHOD if path in methods.retry_safe else RETRY_ON
+        if path in methods.streaming:
+            routes.append(_stream(path, cluster, retry_on))
+        else:
+            routes += _unary(path, _method_match(path), cluster, retry_on, options)
+    return routes + _unary(grpc_service, _match(grpc_service), cluster, RETRY_ON, options)
 
 
 def _unserved(grpc_service: str, *, expected: bool) -> list[route_components_pb2.Route]:
@@ -119,10 +164,19 @@ def _rest_entry() -> route_components_pb2.Route:
         direct_response=route_components_pb2.DirectResponseAction(status=404))
 
 
+@dataclass(frozen=True)
+class MethodKinds:
+    """gRPC paths ("/acme.users.v1.UserService/GetUser") of the methods that get routes of their own."""
+
+    retry_safe: frozenset[str] = frozenset()   # unary, NO_SIDE_EFFECTS or IDEMPOTENT
+    streaming: frozenset[str] = frozenset()    # client-, server- or bidi-streaming
+
+
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
-                       retry_safe_methods: Sequence[str] = (),
+                       methods: MethodKinds = MethodKinds(),
                        transcoder: transcoder_pb2.GrpcJsonTranscoder | None = None,
-                       expected: Collection[str] = ()) -> route_pb2.RouteConfiguration:
+                       expected: Collection[str] = (),
+                       extra_routes: Sequence[route_components_pb2.Route] = ()) -> route_pb2.RouteConfiguration:
     """Routes on `/<package>.<Service>/`: REST requests match after the transcoder rewrote them to gRPC.
 
     Every service announced in Consul goes to its cluster; services of the API (descriptor) that nobody
@@ -133,15 +187,17 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
     owners = service_routes(catalog)
     routes = []
     for grpc_service, cluster in sorted(owners.items()):
-        # Exact-path routes of retry-safe methods go before the service's prefix route, which they refine.
-        routes += [_to_cluster(grpc_service, cluster, options, method_path=path)
-                   for path in sorted(retry_safe_methods) if path.startswith(f"/{grpc_service}/")]
-        routes.append(_to_cluster(grpc_service, cluster, options))
+        routes += _service(grpc_service, cluster, options, methods)
     for grpc_service in sorted(set(api_services) - set(owners)):
         if routable(grpc_service):
             routes += _unserved(grpc_service, expected=grpc_service in expected)
+    # Reflection of the whole mesh, answered by the control plane over the cluster Envoy reaches it by.
+    routes += [_stream(f"/{service}/{REFLECTION_METHOD}", XDS_CLUSTER, RETRY_ON) for service in REFLECTION_SERVICES]
+    routes += extra_routes  # e.g. the docs pages (docs.py): plain HTTP paths, ahead of the REST catch-all
     routes.append(_rest_entry())
-    host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes)
+    # The transcoder adds these after every other filter ran; a service never sees them.
+    host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes,
+                                            request_headers_to_remove=TRANSCODER_HEADERS)
     if transcoder is not None:
         host.typed_per_filter_config[TRANSCODER_FILTER].Pack(transcoder, deterministic=True)
     return route_pb2.RouteConfiguration(name=ROUTE_CONFIG_NAME, virtual_hosts=[host])

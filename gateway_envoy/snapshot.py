@@ -13,9 +13,10 @@ from google.protobuf.message import Message
 from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.clusters import build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor
+from gateway_envoy.docs import DOCS_CLUSTER, docs_cluster, docs_routes
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import ROUTE_CONFIG_NAME, build_route_config, service_routes
+from gateway_envoy.routes import ROUTE_CONFIG_NAME, MethodKinds, build_route_config, service_routes
 from gateway_envoy.tracing import COLLECTOR_CLUSTER, build_collector_cluster
 
 _TYPE_PREFIX = "type.googleapis.com/"
@@ -101,16 +102,20 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
     listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
     routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest, expected),
-                        lambda: build_route_config(catalog, transcoded, options, descriptor.retry_safe_methods,
+                        lambda: build_route_config(catalog, transcoded, options, MethodKinds(
+                                                       frozenset(descriptor.retry_safe_methods),
+                                                       frozenset(descriptor.streaming_methods)),
                                                    build_transcoder(descriptor.data, transcoded, options),
-                                                   expected))
-    clusters = {name: packer.get(CLUSTER_TYPE, name, (svc, options), functools.partial(build_cluster, svc, options))
-                for name, svc in catalog.items()}
+                                                   expected, docs_routes(options)))
+    docs = {DOCS_CLUSTER: packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))
+            } if options.docs_address else {}
     collector = build_collector_cluster(options)
     if collector is not None:
-        clusters[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
+        docs[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
     parts = {
-        CLUSTER_TYPE: _by_name(clusters),
+        CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
+                                                 functools.partial(build_cluster, svc, options))
+                                for name, svc in catalog.items()} | docs),
         ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
                                                   functools.partial(build_load_assignment, svc))
                                  for name, svc in catalog.items()}),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway_envoy.ads import AdsServer
@@ -49,6 +49,8 @@ class ControlPlane:
         # Every gRPC service an instance announced since this control plane started: the mesh expects it back.
         self.announced: set[str] = set()
         self._builds: dict[str, _Build] = {}
+        # Called with each descriptor Envoy starts serving (reflection answers from it).
+        self.on_accepted: list[Callable[[Descriptor], None]] = []
         self._dirty = asyncio.Event()
         self.metrics.follow(envoys=lambda: self.ads.streams, services=lambda: len(self.catalog),
                             endpoints=lambda: sum(len(svc.endpoints) for svc in self.catalog.values()))
@@ -101,8 +103,11 @@ class ControlPlane:
     def on_ack(self, type_url: str, version: str) -> None:
         build = self._builds.get(version)
         if type_url == ROUTE_TYPE and build is not None and build != self.accepted:
-            self.accepted = build
+            previous, self.accepted = self.accepted, build
             log.info("Envoy accepted the routes of descriptor %s", build.descriptor.digest)
+            if previous is None or previous.descriptor != build.descriptor:
+                for callback in self.on_accepted:
+                    callback(build.descriptor)
 
     def on_nack(self, type_url: str, version: str, message: str) -> None:
         build = self._builds.get(version)

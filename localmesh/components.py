@@ -30,6 +30,9 @@ GATEWAY_LISTEN = 8080
 RUNNER_VARIABLES = ("PROTOMESH_VAR_DIR", "PROTOMESH_RABBITMQ_NODE")
 DESCRIPTOR = Path("gen") / "descriptors" / "protomesh.binpb"
 GENERATED_PYTHON = Path("gen") / "python"
+# What `make openapi` writes and installs: the gateway serves them at /openapi.json and /docs.
+OPENAPI_DOCUMENT = Path("gen") / "openapi" / "protomesh.swagger.json"
+SWAGGER_UI_ASSETS = Path(".tools") / "node" / "node_modules" / "swagger-ui-dist"
 
 
 @dataclass
@@ -84,9 +87,13 @@ class MeshContext:
                                  xds=topology.host_port("controlplane", XDS), status=free_port())
             # The services the topology declares are expected: until one passes, its API answers UNAVAILABLE.
             expect = ["--expect", ",".join(spec.name for spec in topology.services)]
+            # The control plane's status server also serves the API docs, which Envoy routes to it on loopback.
+            docs = ["--openapi", str(topology.project / OPENAPI_DOCUMENT),
+                    "--docs-assets", str(topology.project / SWAGGER_UI_ASSETS),
+                    "--docs-address", f"127.0.0.1:{ports.status}"]
             self.gateway = Gateway(self.logs, consul_address=self.consul_address,
                                    descriptor=topology.project / DESCRIPTOR, ports=ports, env=env,
-                                   extra_args=expect, project=topology.project)
+                                   extra_args=[*expect, *docs], project=topology.project)
         return self.gateway
 
 

@@ -15,10 +15,12 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger("protomesh.aio")
+
+T = TypeVar("T")
 
 # Jitter on every backoff delay: a fleet restarted at once does not retry in lockstep.
 BACKOFF_JITTER = 0.2
@@ -86,6 +88,36 @@ class BackgroundTasks:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def with_heartbeats(items: AsyncIterator[T], every_s: float) -> AsyncIterator[T | None]:
+    """items as they come, and None after each `every_s` seconds without one: the heartbeat of a long stream,
+    so that its client and every proxy on the way can tell a quiet stream from a dead one.
+
+        async for item in with_heartbeats(watch, 20.0):
+            yield Response() if item is None else Response(notification=to_message(item))
+    """
+    iterator = items.__aiter__()
+    # The pending read is kept across heartbeats, never cancelled by one: cancelling it would end an async
+    # generator for good.
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=every_s)
+            if not done:
+                yield None
+                continue
+            read, pending = pending, None
+            try:
+                item = read.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+
+
 async def poll_until(check: Callable[[], object], *, timeout: float = DEFAULT_POLL_TIMEOUT_S, what: str,
                      interval: float = DEFAULT_POLL_INTERVAL_S) -> float:
     """Await until check() (sync or async) is truthy; returns the seconds it took, TimeoutError naming `what`."""
@@ -101,4 +133,4 @@ async def poll_until(check: Callable[[], object], *, timeout: float = DEFAULT_PO
         await asyncio.sleep(interval)
 
 
-__all__ = ["BackgroundTasks", "Backoff", "poll_until"]
+__all__ = ["BackgroundTasks", "Backoff", "poll_until", "with_heartbeats"]

@@ -5,8 +5,8 @@
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
 # Steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin tmux; on request:
-# grpcurl (make up),
-# bench (make bench), goplugins tspackages maven (make clients), interop (make test)
+# grpcurl (make up), bench (make bench), goplugins tspackages maven (make clients), openapi swaggerui (make openapi),
+# interop chromium browser fuzz (make test)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +23,10 @@ GRPCURL_VERSION=v1.9.3
 GHZ_VERSION=v0.120.0
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+# protoc-gen-openapiv2 (grpc-gateway): the stable generator of the REST API's document (Swagger 2.0).
+OPENAPIV2_VERSION=v2.33.0
+# swagger-ui's prebuilt assets, served by the control plane at /docs (no CDN at run time).
+SWAGGER_UI_VERSION=5.35.0
 # grpc-go release whose interop client (and contracts, see tests/interop/descriptors) the interop suite runs.
 GRPC_GO_VERSION=v1.85.0
 # The OpenTelemetry Collector's builder; its release must match the components in observability/otelcol-builder.yaml.
@@ -327,6 +331,60 @@ step_tmux() {
   ok "installed"
 }
 
+# `make openapi`: the generator of the OpenAPI document, run through grpcio-tools' protoc like the Go plugins.
+step_openapi() {
+  step "protoc-gen-openapiv2 $OPENAPIV2_VERSION (go install into .tools/bin)"
+  local bin="$TOOLS/bin/protoc-gen-openapiv2"
+  if [ -x "$bin" ] && [[ "$("$bin" --version 2>/dev/null)" == *"Version ${OPENAPIV2_VERSION}"* ]]; then ok "up to date"; return; fi
+  need go "the OpenAPI generator is built with Go: install Go"
+  quietly env GOBIN="$TOOLS/bin" go install "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$OPENAPIV2_VERSION"
+  ok "installed"
+}
+
+# `make openapi`: swagger-ui's assets for /docs, from npm into .tools/node beside buf.
+step_swaggerui() {
+  step "swagger-ui-dist $SWAGGER_UI_VERSION (npm into .tools/node, served at /docs)"
+  local pkg="$TOOLS/node/node_modules/swagger-ui-dist/package.json"
+  if [ -f "$pkg" ] && grep -q "\"version\": \"$SWAGGER_UI_VERSION\"" "$pkg"; then ok "up to date"; return; fi
+  need npm "swagger-ui comes from npm's swagger-ui-dist: install Node.js and npm"
+  mkdir -p "$TOOLS/node"
+  quietly npm install --no-audit --no-fund --prefix "$TOOLS/node" "swagger-ui-dist@$SWAGGER_UI_VERSION"
+  ok "installed"
+}
+
+# `make test`: Debian's Chromium for the browser test of /docs (playwright-core drives it; it never downloads one).
+step_chromium() {
+  step "chromium (Debian package, for the /docs browser test)"
+  if [ -x /usr/bin/chromium ]; then ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"; return; fi
+  as_root || die "chromium is missing: run 'sudo apt-get install -y chromium'"
+  apt_install chromium
+  ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"
+}
+
+# `make test`: playwright-core for the browser test, pinned by tests/e2e/browser/package-lock.json.
+step_browser() {
+  step "browser test packages (npm ci into tests/e2e/browser/node_modules, pinned: its package-lock.json)"
+  local dir="$ROOT/tests/e2e/browser" want stamp="$ROOT/tests/e2e/browser/node_modules/.protomesh-stamp"
+  want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+  if fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  need npm "the browser test needs Node.js and npm: install them"
+  quietly npm ci --no-audit --no-fund --prefix "$dir"
+  echo "$want" >"$stamp"
+  ok "installed"
+}
+
+# `make test`: schemathesis in its own venv (it brings hypothesis and pytest plugins the project's tests must not load).
+step_fuzz() {
+  step "schemathesis (.tools/fuzz-venv, pinned: requirements-fuzz.txt)"
+  local venv="$TOOLS/fuzz-venv" want stamp="$TOOLS/fuzz-venv/.protomesh-stamp"
+  want=$(sha256sum "$ROOT/requirements-fuzz.txt" | cut -d' ' -f1)
+  if fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
+  quietly "$venv/bin/python" -m pip install -q -r "$ROOT/requirements-fuzz.txt"
+  echo "$want" >"$stamp"
+  ok "installed $("$venv/bin/schemathesis" --version)"
+}
+
 main() {
   local steps=("$@")
   [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos prometheus otelcol zipkin
@@ -334,9 +392,11 @@ main() {
   for s in "${steps[@]}"; do
     case "$s" in
       venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | prometheus | otelcol | zipkin | \
-        tmux | grpcurl | bench | goplugins | tspackages | maven | interop) "step_$s" ;;
+        tmux | grpcurl | bench | goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | browser | \
+        fuzz) "step_$s" ;;
       *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos prometheus" \
-           "otelcol zipkin tmux grpcurl bench goplugins tspackages maven interop)" ;;
+           "otelcol zipkin tmux grpcurl bench goplugins tspackages maven interop openapi swaggerui chromium browser" \
+           "fuzz)" ;;
     esac
   done
 }

@@ -84,9 +84,9 @@ async def test_watch_streams_a_new_notification_to_a_rest_client(running_mesh: R
         assert response.status == 200
         # The stream's headers arrive once the watch is subscribed: an order placed now is seen.
         order_id = await place_order(running_mesh, user_id)
-        chunk = await asyncio.wait_for(response.content.readany(), timeout=5)
-    # The transcoder streams a JSON array: "[{...}" then ",{...}" per message.
-    first = json.loads(chunk.decode().lstrip("[,").rstrip("]"))
+        line = await asyncio.wait_for(response.content.readline(), timeout=5)
+    # Newline-delimited JSON: one whole document per line, as each message arrives.
+    first = json.loads(line)
     assert order_id in first["notification"]["text"]
 
 

@@ -23,6 +23,8 @@ log = logging.getLogger("gateway-e2e")
 # Load tests: a few concurrent clients for a bounded time (2-core machine shared with other suites).
 LOAD_CLIENTS = 4
 LOAD_SECONDS = 3.0
+# A client that sends no complete request headers within this long gets 408 (short: the test waits for it).
+REQUEST_HEADERS_TIMEOUT_S = 1.0
 # The Consul services the gateway is told the mesh declares.
 DECLARED = "users,notifications"
 # A request through the gateway that takes longer than this counts as failed in load tests.
@@ -116,7 +118,8 @@ def start_stack(workdir: Path, descriptor: Path) -> Stack:
     shutil.copyfile(descriptor, watched)
     # users and notifications are declared (as a topology would); orders is in the API but nobody declares it.
     gateway = Gateway(workdir / "logs", consul_address=consul.address, descriptor=watched,
-                      route_timeout_s=TEST_ROUTE_TIMEOUT_S, extra_args=["--expect", DECLARED])
+                      route_timeout_s=TEST_ROUTE_TIMEOUT_S,
+                      extra_args=["--expect", DECLARED, "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S)])
     users = UsersInstances(consul, workdir)
     stack = Stack(consul, gateway, users, watched, workdir)
     try:

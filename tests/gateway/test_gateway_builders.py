@@ -8,21 +8,26 @@ import sys
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
-from envoy.config.route.v3 import route_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
-from gateway_envoy.bootstrap import COMPOSE_ADMIN_HOST, COMPOSE_XDS_HOST, render_bootstrap
+from gateway_envoy.bootstrap import COMPOSE_ADMIN_HOST, COMPOSE_XDS_HOST, XDS_CLUSTER, render_bootstrap
 from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, package_owner, service_from_health
 from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.routes import RETRY_ON, TRANSCODER_FILTER, build_route_config
+from gateway_envoy.routes import RETRY_ON, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER, MethodKinds, build_route_config
 from gateway_envoy.snapshot import LISTENER_TYPE, ROUTE_TYPE, build_snapshot, transcoded_services
 from localmesh.testing import find_binary, project_root
 
 USERS = "acme.users.v1.UserService"
 OPTIONS = GatewayOptions()
+
+
+def mesh_routes(config: route_pb2.RouteConfiguration) -> list[route_components_pb2.Route]:
+    """The routes to the mesh's services and the REST entry, without the gateway's own reflection routes."""
+    return [r for r in config.virtual_hosts[0].routes if not r.name.startswith("/grpc.reflection.")]
 
 
 def users(*ports: int) -> ConsulService:
@@ -72,28 +77,55 @@ def test_the_load_assignment_lists_the_passing_endpoints() -> None:
     assert (assignment.cluster_name, ports) == ("users", [1, 2])
 
 
-def test_routes_send_each_grpc_prefix_to_its_cluster_with_timeout_and_safe_retries() -> None:
+def test_a_unary_call_gets_its_own_deadline_at_the_gateway_and_one_without_gets_the_route_timeout() -> None:
     config = build_route_config({"users": users(1)}, [USERS], OPTIONS)
-    route, rest = config.virtual_hosts[0].routes
+    with_deadline, without, rest = mesh_routes(config)
     assert (rest.match.prefix, rest.direct_response.status) == ("/", 404)
-    assert (route.match.prefix, route.route.cluster) == (f"/{USERS}/", "users")
-    assert route.match.HasField("grpc")
-    assert route.route.timeout.ToMilliseconds() == OPTIONS.route_timeout_s * 1000
-    policy = route.route.retry_policy
-    assert set(policy.retry_on.split(",")) == {"connect-failure", "refused-stream", "unavailable"}
-    assert policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
+    for route in (with_deadline, without):
+        assert (route.match.prefix, route.route.cluster) == (f"/{USERS}/", "users")
+        assert route.match.HasField("grpc")
+        assert route.route.retry_policy.retry_on == "connect-failure,refused-stream"
+        assert route.route.retry_policy.retry_host_predicate[0].name == "envoy.retry_host_predicates.previous_hosts"
+    assert [(h.name, h.present_match) for h in with_deadline.match.headers] == [("grpc-timeout", True)]
+    assert with_deadline.route.timeout.ToMilliseconds() == 0  # no gateway limit: the caller's deadline rules
+    assert not with_deadline.route.HasField("max_stream_duration")
+    assert without.route.timeout.ToMilliseconds() == OPTIONS.route_timeout_s * 1000
+    assert not without.match.headers
+
+
+def test_only_methods_the_contract_marks_retry_safe_are_retried_after_the_instance_may_have_run_them() -> None:
+    methods = MethodKinds(retry_safe=frozenset({f"/{USERS}/GetUser"}))
+    config = build_route_config({"users": users(1)}, [USERS], OPTIONS, methods)
+    get_deadline, get, service_deadline, service, _rest = mesh_routes(config)
+    assert {get.match.path, get_deadline.match.path} == {f"/{USERS}/GetUser"}
+    assert set(get.route.retry_policy.retry_on.split(",")) == {"connect-failure", "refused-stream", "reset",
+                                                               "unavailable"}
+    assert service.match.prefix == f"/{USERS}/"
+    assert service.route.retry_policy.retry_on == service_deadline.route.retry_policy.retry_on == RETRY_ON
+
+
+def test_a_streaming_method_has_no_route_timeout_only_an_idle_timeout_above_the_heartbeat() -> None:
+    watch = "/acme.notifications.v1.NotificationService/WatchNotifications"
+    catalog = {"notifications": ConsulService("notifications", ("acme.notifications.v1.NotificationService",),
+                                              (Endpoint("127.0.0.1", 1),))}
+    config = build_route_config(catalog, [], OPTIONS, MethodKinds(streaming=frozenset({watch})))
+    stream = mesh_routes(config)[0]
+    assert stream.match.path == watch
+    assert stream.route.timeout.ToMilliseconds() == 0
+    assert stream.route.idle_timeout.ToSeconds() == STREAM_IDLE_TIMEOUT_S > 60
+    assert stream.route.retry_policy.retry_on == RETRY_ON
 
 
 def test_an_expected_api_service_without_instances_answers_503_and_hidden_services_get_no_route() -> None:
     config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS,
                                 expected={"acme.orders.v1.OrderService"})
-    route, _rest = config.virtual_hosts[0].routes
+    route, _rest = mesh_routes(config)
     assert (route.match.prefix, route.direct_response.status) == ("/acme.orders.v1.OrderService/", 503)
 
 
 def test_an_api_service_nobody_declares_is_unimplemented_501_for_rest_and_404_for_grpc() -> None:
     config = build_route_config({}, ["grpc.testing.UnimplementedService"], OPTIONS)
-    rest, grpc_route, _catch_all = config.virtual_hosts[0].routes
+    rest, grpc_route, _catch_all = mesh_routes(config)
     assert (rest.direct_response.status, rest.match.dynamic_metadata[0].filter) == (501, "protomesh.gateway")
     assert grpc_route.direct_response.status == 404  # Envoy's mapping of 404 for gRPC callers: UNIMPLEMENTED
     assert grpc_route.direct_response.body.inline_string == "unknown service grpc.testing.UnimplementedService"
@@ -174,11 +206,12 @@ def test_the_committed_bootstraps_are_rendered_by_the_builder_and_envoy_accepts_
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_a_method_free_of_side_effects_gets_its_own_route_that_also_retries_resets() -> None:
-    catalog = {"users": ConsulService("users", ("acme.users.v1.UserService",), (Endpoint("127.0.0.1", 1),))}
-    config = build_route_config(catalog, ["acme.users.v1.UserService"], GatewayOptions(),
-                                ["/acme.users.v1.UserService/GetUser"])
-    method, service, _rest = config.virtual_hosts[0].routes
-    assert (method.match.path, method.route.retry_policy.retry_on) == (
-        "/acme.users.v1.UserService/GetUser", f"{RETRY_ON},reset")
-    assert (service.match.prefix, service.route.retry_policy.retry_on) == ("/acme.users.v1.UserService/", RETRY_ON)
+
+
+def test_reflection_at_the_gateway_goes_to_the_control_plane_for_both_versions() -> None:
+    config = build_route_config({"users": users(1)}, [USERS], OPTIONS)
+    reflection = {r.match.path: r.route for r in config.virtual_hosts[0].routes if r.name.startswith("/grpc.refl")}
+    assert set(reflection) == {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                               "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}
+    assert {route.cluster for route in reflection.values()} == {XDS_CLUSTER}
+    assert all(route.timeout.ToMilliseconds() == 0 for route in reflection.values())

@@ -1,13 +1,14 @@
-"""The shared asyncio mechanics: backoff, background tasks and polling."""
+"""The shared asyncio mechanics: backoff, background tasks, polling and heartbeats."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 
-from protomesh.aio import BackgroundTasks, Backoff, poll_until
+from protomesh.aio import BackgroundTasks, Backoff, poll_until, with_heartbeats
 
 
 def test_backoff_doubles_with_jitter_up_to_its_cap_and_starts_over_after_reset() -> None:
@@ -55,3 +56,27 @@ async def test_poll_until_returns_once_an_async_check_holds_and_names_what_timed
     assert calls == 3
     with pytest.raises(TimeoutError, match=r"never did not happen within 0\.1s"):
         await poll_until(lambda: False, timeout=0.1, what="never")
+
+
+async def test_a_quiet_stream_gets_a_heartbeat_and_items_pass_as_they_come() -> None:
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def items() -> AsyncIterator[int]:
+        while (item := await queue.get()) is not None:
+            yield item
+
+    seen: list[int | None] = []
+
+    async def read() -> None:
+        async for item in with_heartbeats(items(), 0.05):
+            seen.append(item)
+
+    reader = asyncio.create_task(read())
+    await queue.put(1)
+    await poll_until(lambda: seen == [1], timeout=2, what="the item", interval=0.001)
+    await poll_until(lambda: len(seen) >= 2, timeout=2, what="a heartbeat", interval=0.005)
+    await queue.put(2)
+    await queue.put(None)
+    await asyncio.wait_for(reader, 2)
+    assert (seen[0], seen[-1]) == (1, 2)
+    assert None in seen[1:-1]

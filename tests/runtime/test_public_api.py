@@ -17,7 +17,7 @@ PINNED: dict[str, set[str]] = {
         "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run", "seed_config",
         "serve", "time_remaining",
     },
-    "protomesh.aio": {"BackgroundTasks", "Backoff", "poll_until"},
+    "protomesh.aio": {"BackgroundTasks", "Backoff", "poll_until", "with_heartbeats"},
     "protomesh.consul": {
         "DEFAULT_BACKOFF_INITIAL_S", "DEFAULT_REQUEST_TIMEOUT_S", "DEFAULT_WAIT", "ConsulClient", "ServiceInstance",
         "blocking_timeout", "wait_seconds", "watch", "watch_backoff",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -38,3 +39,20 @@ def test_the_interop_client_is_built_from_grpc_go_v1_85_0() -> None:
     # The client has no version flag; the Go toolchain reads the module versions linked into it.
     out = _version(go, "version", "-m", find_binary("grpc-interop-client"))
     assert ["mod", "google.golang.org/grpc", "v1.85.0"] in [line.split()[:3] for line in out.splitlines()]
+
+
+def test_the_openapi_generator_is_protoc_gen_openapiv2_v2_33_0() -> None:
+    plugin = project_root() / ".tools" / "bin" / "protoc-gen-openapiv2"
+    assert plugin.is_file(), f"{plugin} is missing: run `scripts/bootstrap.sh openapi` (`make openapi` does)"
+    assert _version(str(plugin), "--version").startswith("Version v2.33.0")
+
+
+def test_the_docs_page_assets_are_swagger_ui_dist_5_35_0() -> None:
+    package = project_root() / ".tools" / "node" / "node_modules" / "swagger-ui-dist" / "package.json"
+    assert package.is_file(), f"{package} is missing: run `scripts/bootstrap.sh swaggerui` (`make openapi` does)"
+    assert json.loads(package.read_text())["version"] == "5.35.0"
+
+
+def test_the_browser_test_has_debians_chromium() -> None:
+    # Debian's wrapper script may warn on stderr (its memory probe); the version is on stdout.
+    assert _version("/usr/bin/chromium", "--version").startswith("Chromium ")

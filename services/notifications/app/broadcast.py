@@ -19,6 +19,9 @@ T = TypeVar("T")
 # Notifications a watcher may have waiting before it counts as too slow and is dropped: far more than a
 # user gets in the time a healthy client takes to read a message, small enough to bound memory per watcher.
 DEFAULT_WATCH_QUEUE_SIZE = 64
+# A quiet watch still sends something this often (a heartbeat), well inside the gateway's stream idle
+# timeout (300 s) and any proxy's, so a client can tell a quiet stream from a dead one.
+DEFAULT_WATCH_HEARTBEAT_S = 20.0
 
 
 class WatchTooSlow(DomainError):

@@ -6,7 +6,7 @@ import logging
 
 from acme.notifications.v1 import notifications_service_pb2, notifications_service_pb2_grpc
 
-from app.broadcast import Broadcaster
+from app.broadcast import DEFAULT_WATCH_HEARTBEAT_S, Broadcaster
 from app.consumer import CONSUMER_GROUP, event_handlers
 from app.domain import Notification, Notifications
 from app.handlers import NotificationHandlers
@@ -52,13 +52,13 @@ async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
             log.info("page sizes now default %d, max %d", current.default_page_size, current.max_page_size)
 
     ctx.config.subscribe(follow)
-    return [binding(notifications)]
+    return [binding(notifications, heartbeat_s=settings.watch_heartbeat_s)]
 
 
-def binding(notifications: Notifications) -> Binding:
+def binding(notifications: Notifications, *, heartbeat_s: float = DEFAULT_WATCH_HEARTBEAT_S) -> Binding:
     """The NotificationService servicer over these use cases, ready for protomesh.Server (tests use it too)."""
     return Binding(
         notifications_service_pb2.DESCRIPTOR.services_by_name["NotificationService"],
-        NotificationHandlers(notifications),
+        NotificationHandlers(notifications, heartbeat_s=heartbeat_s),
         notifications_service_pb2_grpc.add_NotificationServiceServicer_to_server,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.broadcast import DEFAULT_WATCH_QUEUE_SIZE
+from app.broadcast import DEFAULT_WATCH_HEARTBEAT_S, DEFAULT_WATCH_QUEUE_SIZE
 from protomesh import ServiceSettings
 from protomesh.events import DEFAULT_PREFETCH
 from protomesh.paging import PageSettings
@@ -25,6 +25,7 @@ class NotificationsSettings(PageSettings, ServiceSettings):
     amqp_url: str = field(default=DEFAULT_AMQP_URL, repr=False, metadata={"secret": True})
     prefetch: int = DEFAULT_PREFETCH
     watch_queue_size: int = DEFAULT_WATCH_QUEUE_SIZE
+    watch_heartbeat_s: float = DEFAULT_WATCH_HEARTBEAT_S
 
     def __post_init__(self) -> None:
         # Raised while loading (and on a hot reload, which then keeps the last good settings).
@@ -34,6 +35,8 @@ class NotificationsSettings(PageSettings, ServiceSettings):
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if not self.database_path:
             raise ValueError("database_path: must not be empty")
+        if self.watch_heartbeat_s <= 0:
+            raise ValueError(f"watch_heartbeat_s: must be above 0, got {self.watch_heartbeat_s}")
 
     def database_file(self) -> Path:
         return database_file(self.database_path)

@@ -102,6 +102,21 @@ async def test_a_watcher_that_falls_behind_ends_with_resource_exhausted(served: 
     assert "ListNotifications" in (raised.value.details() or "")
 
 
+async def test_a_quiet_watch_gets_heartbeats_between_notifications(
+        notifications: Notifications, broadcaster: Broadcaster[Notification]) -> None:
+    async with serve_bindings(binding(notifications, heartbeat_s=0.05)) as served:
+        stub = notifications_service_pb2_grpc.NotificationServiceStub(served.channel)
+        call = stub.WatchNotifications(pb.WatchNotificationsRequest(user_id="u-1"))
+        await call.initial_metadata()
+        heartbeat = await asyncio.wait_for(call.read(), 5.0)
+        await notifications.record(_placed("after"))
+        responses = [await asyncio.wait_for(call.read(), 5.0) for _ in range(3)]
+        call.cancel()
+        broadcaster.close()
+    assert not heartbeat.HasField("notification")
+    assert "after" in [r.notification.event_id for r in responses if r.HasField("notification")]
+
+
 async def test_a_watch_without_a_user_is_invalid(served: Served) -> None:
     call = served.stub.WatchNotifications(pb.WatchNotificationsRequest(user_id=""))
 
