@@ -13,9 +13,9 @@ import protomesh
 PINNED: dict[str, set[str]] = {
     "protomesh": {
         "Binding", "ConfigError", "ConfigStore", "ConsulClient", "ConsulSettings", "Context", "DiscoveryChannel",
-        "ProtomeshInterceptor", "Registration", "RunningService", "Server", "ServerSettings", "ServiceInstance",
-        "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run", "seed_config",
-        "serve", "time_remaining",
+        "ObservabilitySettings", "ProtomeshInterceptor", "Registration", "RunningService", "Server", "ServerSettings",
+        "ServiceInstance", "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run",
+        "seed_config", "serve", "time_remaining",
     },
     "protomesh.aio": {"BackgroundTasks", "Backoff", "poll_until", "with_heartbeats"},
     "protomesh.consul": {
