@@ -61,22 +61,25 @@ def consul_agent(log_dir: Path) -> Iterator[Any]:
         agent.stop()
 
 
-def envoy_gateway(log_dir: Path, consul_address: str) -> Any:
-    """The mesh's own Gateway launcher (not started), with Envoy pinned to the load core and one worker."""
+def envoy_gateway(log_dir: Path, consul_address: str, *, otlp: str | None = None) -> Any:
+    """The mesh's own Gateway launcher (not started), with Envoy pinned to the load core and one worker; with
+    `otlp`, Envoy traces every request to that collector."""
     need_binary("envoy")
     from localmesh.gateway import Gateway
 
     gateway = Gateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR, route_timeout_s=ROUTE_TIMEOUT_S,
-                      envoy_args=["--concurrency", str(ENVOY_WORKERS)])
+                      envoy_args=["--concurrency", str(ENVOY_WORKERS)],
+                      extra_args=["--otlp-endpoint", otlp] if otlp else [])
     gateway.envoy.argv = pinned(gateway.envoy.argv, LOAD_CPU)
     return gateway
 
 
 @contextlib.contextmanager
-def gateway_stack(log_dir: Path, *, backend: bool = True) -> Iterator[Stack]:
-    """Consul + control plane + Envoy (+ a protomesh users backend on the server core), REST answering."""
+def gateway_stack(log_dir: Path, *, backend: bool = True, otlp: str | None = None) -> Iterator[Stack]:
+    """Consul + control plane + Envoy (+ a protomesh users backend on the server core), REST answering; with `otlp`
+    the gateway and the backend trace every request (and the backend serves metrics), as `make up` runs them."""
     with consul_agent(log_dir) as consul, contextlib.ExitStack() as stack:
-        gateway = envoy_gateway(log_dir, consul.address)
+        gateway = envoy_gateway(log_dir, consul.address, otlp=otlp)
         stack.callback(gateway.stop)
         try:
             gateway.start()
@@ -86,7 +89,7 @@ def gateway_stack(log_dir: Path, *, backend: bool = True) -> Iterator[Stack]:
         if backend:
             port = free_port()
             process = stack.enter_context(started("backend", grpc_server.argv("protomesh", port,
-                                                                              consul=consul.address),
+                                                                              consul=consul.address, otlp=otlp),
                                                   log_dir=log_dir, cpu=SERVER_CPU, port=port))
             running.backend_pid, running.backend_port = process.pid, port
             wait_until(lambda: _answers(running.rest_url), timeout=READY_TIMEOUT_S, what="REST via the gateway")

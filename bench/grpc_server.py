@@ -62,9 +62,12 @@ class Users(users_service_pb2_grpc.UserServiceServicer):
         return users_service_pb2.ListUsersResponse(users=[self._convert(row) for row in rows], next_page_token="")
 
 
-async def _start(mode: str, port: int, echo: str, servicer: Users) -> tuple[int, Any]:
+async def _start(mode: str, port: int, echo: str, servicer: Users, otlp: str | None = None,
+                 observe: str = "all", sampling: float | None = None) -> tuple[int, Any]:
     from protomesh import Binding, ProtomeshInterceptor, Server, ServerSettings
+    from protomesh._observability import Observability
     from protomesh._server import SERVER_OPTIONS
+    from protomesh._settings import ObservabilitySettings
 
     if mode == "bare":
         server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -74,7 +77,15 @@ async def _start(mode: str, port: int, echo: str, servicer: Users) -> tuple[int,
         return bound, server
     binding = Binding(_DESCRIPTOR, servicer, users_service_pb2_grpc.add_UserServiceServicer_to_server)
     # None = the runtime's default interceptors, exactly what protomesh.run() serves with.
-    interceptors = None if echo == "default" else [ProtomeshInterceptor(echo=echo)]  # type: ignore[arg-type]
+    interceptors: list[grpc.aio.ServerInterceptor] | None = (
+        None if echo == "default" else [ProtomeshInterceptor(echo=echo)])  # type: ignore[arg-type]
+    if otlp is not None:
+        # What protomesh.run() serves with by default: metrics (and /metrics), every call traced, spans exported.
+        observability = Observability(SERVICE, ObservabilitySettings(
+            tracing_endpoint=otlp, metrics=observe in ("all", "metrics"), tracing=observe in ("all", "tracing"),
+            **({"sampling_ratio": sampling} if sampling is not None else {})))
+        observability.start_metrics("127.0.0.1")
+        interceptors = observability.server_interceptors()
     protomesh_server = Server(ServerSettings(port=port), [binding], interceptors=interceptors)
     return await protomesh_server.start(), protomesh_server
 
@@ -83,7 +94,7 @@ async def serve(args: argparse.Namespace) -> None:
     from protomesh import ConsulClient, ConsulSettings, Registration
 
     servicer = Users(to_message_datetime if args.datetime_timestamps else to_message)
-    port, server = await _start(args.mode, args.port, args.echo, servicer)
+    port, server = await _start(args.mode, args.port, args.echo, servicer, args.otlp, args.observe, args.sampling)
     async with contextlib.AsyncExitStack() as stack:
         if args.consul:
             consul = await stack.enter_async_context(ConsulClient.from_settings(ConsulSettings(address=args.consul)))
@@ -98,10 +109,11 @@ async def serve(args: argparse.Namespace) -> None:
     await server.stop(0)
 
 
-def argv(mode: str, port: int, *, consul: str = "") -> list[str]:
-    """The command line that serves `mode` on `port` (registered in `consul` when given)."""
+def argv(mode: str, port: int, *, consul: str = "", otlp: str | None = None) -> list[str]:
+    """The command line that serves `mode` on `port` (registered in `consul` when given; observed, exporting spans
+    to `otlp`, when given)."""
     return python_argv("bench.grpc_server", "--mode", mode, "--port", str(port),
-                       *(["--consul", consul] if consul else []))
+                       *(["--consul", consul] if consul else []), *(["--otlp", otlp] if otlp is not None else []))
 
 
 def main() -> None:
@@ -111,6 +123,12 @@ def main() -> None:
     parser.add_argument("--consul", default="", help="register in this Consul agent (host:port) as 'users'")
     parser.add_argument("--echo", choices=("default", "trailing", "initial"), default="default",
                         help="protomesh mode: ProtomeshInterceptor(echo=...) instead of the default interceptors")
+    parser.add_argument("--otlp", metavar="HOST:PORT",
+                        help="protomesh mode: observability on as services run it (metrics, tracing every call, "
+                             "spans exported over OTLP to HOST:PORT; empty: made but not exported)")
+    parser.add_argument("--observe", choices=("all", "metrics", "tracing"), default="all",
+                        help="with --otlp: which half of observability runs (A/B of their costs)")
+    parser.add_argument("--sampling", type=float, help="with --otlp: the sampling ratio (default: the runtime's)")
     parser.add_argument("--access-log", action="store_true", help="log every call at INFO (to /dev/null)")
     parser.add_argument("--datetime-timestamps", action="store_true",
                         help="datetimes converted by protobuf (the users service before protomesh.convert)")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.snapshot import PUSH_ORDER, Snapshot
 
 log = logging.getLogger("gateway_envoy.ads")
@@ -28,6 +29,7 @@ class _TypeState:
     sent_version: str | None = None
     nonce: str = ""
     force: bool = True                    # a new subscription must be answered even if nothing changed
+    sent_at: float | None = None          # when the unanswered response went out (push latency)
 
 
 @dataclass(eq=False)  # identity: one per open stream
@@ -45,8 +47,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     same version is never re-sent on that stream (Envoy keeps its last accepted config meanwhile).
     """
 
-    def __init__(self, *, on_ack: AckCallback | None = None, on_nack: NackCallback | None = None) -> None:
+    def __init__(self, *, on_ack: AckCallback | None = None, on_nack: NackCallback | None = None,
+                 metrics: ControlPlaneMetrics | None = None) -> None:
         self._snapshot: Snapshot | None = None
+        self._metrics = metrics
         self._streams: set[_Stream] = set()
         self._nonces = itertools.count(1)
         self._on_ack = on_ack
@@ -107,6 +111,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     def _ack_or_nack(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest, state: _TypeState) -> None:
         version = state.sent_version or ""
+        if self._metrics is not None and state.sent_at is not None:
+            self._metrics.answered(request.type_url, state.sent_at, nack=request.HasField("error_detail"))
+            state.sent_at = None
         if request.HasField("error_detail"):
             self.nacks_total += 1
             message = request.error_detail.message
@@ -135,6 +142,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             resources = snapshot.resources[type_url]
             wanted = [res for name, res in resources.items() if not state.names or name in state.names]
             state.nonce, state.sent_version, state.force = str(next(self._nonces)), version, False
+            if self._metrics is not None:
+                state.sent_at = self._metrics.pushed(type_url)
             responses.append(discovery_pb2.DiscoveryResponse(
                 version_info=version, type_url=type_url, nonce=state.nonce, resources=wanted))
         return responses

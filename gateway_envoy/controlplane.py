@@ -20,8 +20,10 @@ from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
 from gateway_envoy.docs import DocsSite, encode
+from gateway_envoy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
 from gateway_envoy.reflection import GatewayReflection
+from gateway_envoy.scrape import scrape_registrations
 from gateway_envoy.state import ControlPlane
 from protomesh import ConsulSettings
 from protomesh.aio import BackgroundTasks
@@ -72,8 +74,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
                              "(default: $PROTOMESH_EXPECTED_SERVICES)")
     parser.add_argument("--status-port", type=int, default=int(env.get("PROTOMESH_STATUS_PORT", 0)),
-                        help="serve GET /status (JSON), and the API docs when given, on PORT; 0 = off "
-                             "(default: $PROTOMESH_STATUS_PORT or 0)")
+                        help="serve GET /status (JSON), GET /metrics (Prometheus), and the API docs when given, on "
+                             "PORT; 0 = off (default: $PROTOMESH_STATUS_PORT or 0)")
     parser.add_argument("--status-host", default=env.get("PROTOMESH_STATUS_HOST", "127.0.0.1"),
                         help="address the status server binds (default: $PROTOMESH_STATUS_HOST or 127.0.0.1)")
     parser.add_argument("--openapi", type=Path, default=env.get("PROTOMESH_OPENAPI") or None,
@@ -85,6 +87,17 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
     parser.add_argument("--docs-address", default=env.get("PROTOMESH_DOCS_ADDRESS", ""), metavar="HOST:PORT",
                         help="where Envoy reaches the status server for /openapi.json and /docs (default: "
                              "$PROTOMESH_DOCS_ADDRESS, else 127.0.0.1:STATUS_PORT when --openapi or --docs-assets)")
+    parser.add_argument("--advertise-host", default=env.get("PROTOMESH_ADVERTISE_HOST", "127.0.0.1"),
+                        help="address registered in Consul for the status endpoint, which Prometheus scrapes "
+                             "(default: $PROTOMESH_ADVERTISE_HOST or 127.0.0.1)")
+    parser.add_argument("--envoy-admin", default=env.get("PROTOMESH_ENVOY_ADMIN", ""), metavar="HOST:PORT",
+                        help="Envoy's admin address, registered in Consul so Prometheus scrapes /stats/prometheus "
+                             "(default: $PROTOMESH_ENVOY_ADMIN; empty = not registered)")
+    parser.add_argument("--otlp-endpoint", default=env.get("PROTOMESH_OTLP_ENDPOINT", ""), metavar="HOST:PORT",
+                        help="OpenTelemetry collector (OTLP/gRPC) Envoy sends request spans to "
+                             "(default: $PROTOMESH_OTLP_ENDPOINT; empty = the gateway does not trace)")
+    parser.add_argument("--tracing-sampling", type=float, default=GatewayOptions.tracing_sampling_percent,
+                        metavar="PERCENT", help="share of new traces the gateway records (a caller's decision wins)")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -95,7 +108,8 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
                           request_headers_timeout_s=args.request_headers_timeout,
-                          docs_address=docs_address(args))
+                          docs_address=docs_address(args), tracing_endpoint=args.otlp_endpoint,
+                          tracing_sampling_percent=args.tracing_sampling)
 
 
 def docs_address(args: argparse.Namespace) -> str:
@@ -120,8 +134,10 @@ async def wait_for_descriptor(path: Path) -> Descriptor:
 
 
 async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",
-                              docs: DocsSite | None = None) -> asyncio.Server:
-    """A minimal HTTP endpoint: the docs paths answer from `docs`, any other GET the control plane's status."""
+                              docs: DocsSite | None = None,
+                              metrics: Callable[[], bytes] | None = None) -> asyncio.Server:
+    """A minimal HTTP endpoint: the docs paths answer from `docs`, GET /metrics Prometheus text, any other GET the
+    control plane's status."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -130,14 +146,19 @@ async def start_status_server(port: int, status: Callable[[], dict[str, object]]
             path = target.split(" ", 1)[0].split("?", 1)[0]
             if docs is not None and docs.serves(path):
                 writer.write(encode(await docs.reply(method, path), head=method == "HEAD"))
+            elif metrics is not None and path == "/metrics":
+                writer.write(_ok(metrics(), METRICS_CONTENT_TYPE))
             else:
-                body = json.dumps(status()).encode()
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+                writer.write(_ok(json.dumps(status()).encode(), "application/json"))
             await writer.drain()
         writer.close()
 
     return await asyncio.start_server(handle, host, port)
+
+
+def _ok(body: bytes, content_type: str) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s"
+            % (content_type.encode(), len(body), body))
 
 
 async def start_xds_server(args: argparse.Namespace, ads: AdsServer, health_servicer: health.aio.HealthServicer,
@@ -167,8 +188,11 @@ async def serve(args: argparse.Namespace) -> None:
     plane.on_accepted.append(reflection.update)
     server = await start_xds_server(args, plane.ads, health_servicer, reflection)
     docs = DocsSite(openapi=args.openapi, assets=args.docs_assets)
-    status = await start_status_server(args.status_port, plane.status, host=args.status_host,
-                                       docs=docs) if args.status_port else None
+    status = await start_status_server(args.status_port, plane.status, host=args.status_host, docs=docs,
+                                       metrics=plane.metrics.text) if args.status_port else None
+    status_port = status.sockets[0].getsockname()[1] if status is not None else 0
+    registrations = scrape_registrations(consul, advertise_host=args.advertise_host, status_port=status_port,
+                                         envoy_admin=args.envoy_admin, version="controlplane")
     tasks = BackgroundTasks()
     tasks.start(watcher.run(), name="consul-watch")
     try:
@@ -176,11 +200,15 @@ async def serve(args: argparse.Namespace) -> None:
         plane.set_catalog(watcher.services)
         plane.rebuild()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for registration in registrations:
+            await registration.start()
         tasks.start(plane.run_coalescer(), name="coalescer")
         tasks.start(watch_descriptor(args.descriptor, plane.set_descriptor, current=descriptor), name="descriptor")
         await _until_signalled()
     finally:
         log.info("control plane stopping")
+        for registration in registrations:
+            await registration.deregister()
         await tasks.stop()
         await server.stop(STOP_GRACE_S)
         if status is not None:

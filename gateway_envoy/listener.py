@@ -24,6 +24,7 @@ from gateway_envoy.clusters import ads_source
 from gateway_envoy.errors import build_local_reply_config
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER
+from gateway_envoy.tracing import build_tracing
 
 LISTENER_NAME = "gateway"
 # Response JSON style (documented in the README): proto3 JSON mapping with lowerCamelCase names, and
@@ -103,6 +104,8 @@ def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManag
         stream_idle_timeout=_seconds(STREAM_IDLE_TIMEOUT_S),
         # A client that has not sent its request headers after this long gets 408, not a connection held open.
         request_headers_timeout=_seconds(options.request_headers_timeout_s),
+        # OpenTelemetry spans to the collector when one is configured, else none (tracing.py).
+        tracing=build_tracing(options),
     )
 
 

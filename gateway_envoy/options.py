@@ -39,3 +39,7 @@ class GatewayOptions:
     expected_services: tuple[str, ...] = ()
     # host:port at which Envoy reaches the control plane's docs server (/openapi.json, /docs); "" = not routed.
     docs_address: str = ""
+    # OpenTelemetry collector (OTLP/gRPC host:port) for the gateway's spans; empty = no tracing (tracing.py).
+    tracing_endpoint: str = ""
+    # Share of new traces the gateway records, in percent (a caller's sampled traceparent is always followed).
+    tracing_sampling_percent: float = 100.0

@@ -17,6 +17,7 @@ from gateway_envoy.docs import DOCS_CLUSTER, docs_cluster, docs_routes
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, MethodKinds, build_route_config, service_routes
+from gateway_envoy.tracing import COLLECTOR_CLUSTER, build_collector_cluster
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
@@ -108,6 +109,9 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
                                                    expected, docs_routes(options)))
     docs = {DOCS_CLUSTER: packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))
             } if options.docs_address else {}
+    collector = build_collector_cluster(options)
+    if collector is not None:
+        docs[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
     parts = {
         CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
                                                  functools.partial(build_cluster, svc, options))

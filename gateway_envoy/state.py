@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.catalog import ConsulService, merge_last_known_good, package_owner
 from gateway_envoy.descriptor import Descriptor
+from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.snapshot import ROUTE_TYPE, Snapshot, build_snapshot, transcoded_services
 
@@ -37,7 +38,8 @@ class ControlPlane:
 
     def __init__(self, options: GatewayOptions, descriptor: Descriptor) -> None:
         self.options = options
-        self.ads = AdsServer(on_ack=self.on_ack, on_nack=self.on_nack)
+        self.metrics = ControlPlaneMetrics()
+        self.ads = AdsServer(on_ack=self.on_ack, on_nack=self.on_nack, metrics=self.metrics)
         self.candidate = descriptor
         self.accepted: _Build | None = None
         self.rejected: set[str] = set()
@@ -50,6 +52,8 @@ class ControlPlane:
         # Called with each descriptor Envoy starts serving (reflection answers from it).
         self.on_accepted: list[Callable[[Descriptor], None]] = []
         self._dirty = asyncio.Event()
+        self.metrics.follow(envoys=lambda: self.ads.streams, services=lambda: len(self.catalog),
+                            endpoints=lambda: sum(len(svc.endpoints) for svc in self.catalog.values()))
 
     def _descriptor(self) -> Descriptor:
         if self.candidate.digest in self.rejected and self.accepted is not None:
@@ -71,6 +75,7 @@ class ControlPlane:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,
                      len(self.catalog), descriptor.digest, len(transcoded))
             self.snapshot = snapshot
+            self.metrics.served(snapshot.version)
             self.ads.publish(snapshot)
 
     def _remember(self, route_version: str, build: _Build) -> None:

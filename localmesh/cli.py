@@ -64,6 +64,13 @@ def _restart(args: argparse.Namespace) -> int:
     return runner.restart(_project(args), os.environ, args.name)
 
 
+def _top(args: argparse.Namespace) -> int:
+    from localmesh import top
+
+    return top.top(_project(args), os.environ, prometheus=args.prometheus, window=args.window,
+                   interval_s=args.interval, once=args.once)
+
+
 def _new_service(args: argparse.Namespace) -> int:
     from localmesh import scaffold
 
@@ -111,6 +118,13 @@ def register(commands: Commands) -> None:
                       "one instance, or an infrastructure component)")
     restart.add_argument("name", help="a service (users), an instance (users-2) or a component (gateway)")
     restart.set_defaults(func=_restart)
+    top = _parser(commands, "top", "a live view of the running mesh from Prometheus: per service req/s, error %, "
+                  "p50/p99 latency and instances, refreshed every second (Ctrl-C quits)")
+    top.add_argument("--prometheus", metavar="URL", help="Prometheus to read (default: the running mesh's)")
+    top.add_argument("--window", default="10s", help="the range rates and quantiles are computed over (PromQL)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    top.add_argument("--once", action="store_true", help="print the view once and exit")
+    top.set_defaults(func=_top)
     token = _parser(commands, "token", "print a development token signed by the local mesh's issuer (the gateway "
                     "of `protomesh up` trusts it): TOKEN=$(protomesh token --sub alice --scope orders:write)")
     token.add_argument("--sub", required=True, metavar="SUBJECT", help="who the token speaks for (its `sub`)")

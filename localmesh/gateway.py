@@ -46,7 +46,9 @@ class Gateway:
         self.control_plane = ManagedProcess("controlplane", [
             sys.executable, "-m", "gateway_envoy.controlplane", "--consul", consul_address,
             "--xds-port", str(self.ports.xds), "--listen", f"127.0.0.1:{self.ports.listen}",
-            "--descriptor", str(descriptor), "--status-port", str(self.ports.status), *timeout, *extra_args,
+            "--descriptor", str(descriptor), "--status-port", str(self.ports.status),
+            # Locally the status endpoint (and /metrics, which Prometheus finds through Consul) stays on loopback.
+            "--status-host", "127.0.0.1", "--advertise-host", "127.0.0.1", *timeout, *extra_args,
         ], log_dir=log_dir, env=env)
         self.bootstrap_path = log_dir / "envoy.yaml"
         # Without hot restart Envoy uses no shared memory or domain socket, so several (a developer's mesh, test

@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from localmesh.components import FACTORIES, Component, MeshContext, digest, service_instance, source_digest
+from localmesh import components, observability
+from localmesh.components import Component, MeshContext, digest, service_instance, source_digest
+from localmesh.observability import PROMETHEUS_HTTP
 from localmesh.security import MeshSecurity, SecuritySpec
 from localmesh.supervisor import Supervised
 from localmesh.topology import HEALTHY, SERVICE_KIND, SERVICES_DIR, Spec, Topology
@@ -24,6 +26,8 @@ log = logging.getLogger("localmesh.mesh")
 DEFAULT_STATE_DIR = Path("var") / "mesh"
 DEFAULT_RABBITMQ_NODE = "protomesh"
 STATE_FILE = "state.json"
+# How each kind of topology entry runs locally.
+FACTORIES = {**components.FACTORIES, **observability.FACTORIES}
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ class Mesh:
             "control_socket": str(self.state_dir / "control.sock"),
             "gateway": dataclasses.asdict(self.ctx.gateway.ports) if self.ctx.gateway is not None else None,
             "consul": self.ctx.consul_address if self.topology.of_kind("consul") else None,
+            "prometheus": self._prometheus_url(),
             "components": {name: {"kind": c.spec.kind, "url": c.url, "instances": {
                 i.name: {**dataclasses.asdict(i.status), "log": str(self.state_dir / "logs" / f"{i.name}.log")}
                 for i in c.instances}} for name, c in self.components.items()},
@@ -247,6 +252,12 @@ class Mesh:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(path)
+
+    def _prometheus_url(self) -> str | None:
+        """Where the mesh's Prometheus answers (`protomesh top` reads it), if the topology has one."""
+        spec = self.topology.of_kind("prometheus")
+        port = spec.ports.get(PROMETHEUS_HTTP) if spec is not None else None
+        return f"http://127.0.0.1:{port}" if port else None
 
     def table(self) -> str:
         rows = [f"  {name:<16} {component.url}" for name, component in self.components.items() if component.url]

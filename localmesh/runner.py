@@ -64,7 +64,8 @@ def examples(mesh: Mesh) -> str:
                      "(--all-scopes: every scope of the contracts)")
     if suggested.strip():
         lines += ["Try it (REST and gRPC share the gateway port):", textwrap.indent(suggested.rstrip(), "  ")]
-    lines.append("See it: protomesh status · protomesh logs NAME -f · protomesh restart NAME · protomesh down")
+    lines.append("See it: protomesh status · protomesh top · protomesh logs NAME -f · protomesh restart NAME · "
+                 "protomesh down")
     return "\n".join(lines) + "\n"
 
 

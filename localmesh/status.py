@@ -79,7 +79,9 @@ def _print_consul(address: str, ours: set[str], token: str) -> None:
         for entry in listed(get_json(f"http://{address}/v1/health/service/{service}", token)):
             svc, checks = entry["Service"], entry["Checks"]
             health = "passing" if all(c["Status"] == "passing" for c in checks) else "critical"
-            origin = "" if svc["ID"] in ours else "  (not started by protomesh up)"
+            # Scrape targets the control plane registers (itself, Envoy's admin) belong to components of the mesh.
+            scrape = bool((svc.get("Meta") or {}).get("metrics_path"))
+            origin = "" if svc["ID"] in ours or scrape else "  (not started by protomesh up)"
             print(f"  {service:<14} {svc['ID']:<34} {svc['Address'] + ':' + str(svc['Port']):<22} {health}{origin}")
 
 

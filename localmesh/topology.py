@@ -33,7 +33,7 @@ from localmesh.process import TOPOLOGY_FILE
 EXTENSION = "x-protomesh"
 # What the runner can run locally: infrastructure by name (x-protomesh.run), and protomesh services (a build
 # of services/Dockerfile with the SERVICE argument naming a folder under services/).
-INFRASTRUCTURE = ("consul", "rabbitmq", "controlplane", "gateway", "prometheus", "tracing")
+INFRASTRUCTURE = ("consul", "rabbitmq", "controlplane", "gateway", "prometheus", "tracing", "collector")
 SERVICE_KIND = "service"
 SERVICES_DIR = "services"
 # Compose's restart values; protomesh up restarts a process that exits unless the file says otherwise.

@@ -29,7 +29,7 @@ from protomesh._discovery import DiscoveryChannel
 from protomesh._interceptors import ProtomeshInterceptor, default_interceptors
 from protomesh._registry import Registration
 from protomesh._server import Binding, Server
-from protomesh._settings import ConfigError, ConsulSettings, ServerSettings, ServiceSettings
+from protomesh._settings import ConfigError, ConsulSettings, ObservabilitySettings, ServerSettings, ServiceSettings
 from protomesh.consul import ConsulClient, ServiceInstance
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "ConsulSettings",
     "Context",
     "DiscoveryChannel",
+    "ObservabilitySettings",
     "ProtomeshInterceptor",
     "Registration",
     "RunningService",

@@ -15,6 +15,8 @@ from typing import Generic, TypeVar
 
 from protomesh._config import ConfigStore, load_settings
 from protomesh._discovery import DiscoveryChannel
+from protomesh._logs import formatter
+from protomesh._observability import Observability
 from protomesh._registry import Registration
 from protomesh._server import Binding, Server
 from protomesh._settings import ConfigError, S
@@ -24,8 +26,6 @@ T = TypeVar("T")
 
 _LOG = logging.getLogger("protomesh.app")
 
-LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s"
-LOG_DATE_FORMAT = "%Y-%m-%dT%H:%M:%S"
 # Registering a wildcard bind address would send every client to itself.
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
 # Exit status for invalid settings, distinct from a crash (1): restarting will not help, fixing the config will.
@@ -42,10 +42,13 @@ class Context(Generic[S]):
             users = await ctx.channel("users")      # discovery channel, closed at shutdown
     """
 
-    def __init__(self, service: str, config: ConfigStore[S], consul: ConsulClient, stack: AsyncExitStack) -> None:
+    def __init__(self, service: str, config: ConfigStore[S], consul: ConsulClient, stack: AsyncExitStack, *,
+                 observability: Observability | None = None) -> None:
         self.service = service
         self.config = config
         self.consul = consul
+        # Metrics and tracer of the instance: event publishers and subscribers take it too.
+        self.observability = observability or Observability(service, config.current.observability)
         self._stack = stack
         self._channels: dict[str, DiscoveryChannel] = {}
         self._channels_lock = asyncio.Lock()
@@ -79,7 +82,8 @@ class Context(Generic[S]):
         """A discovery channel to `service` (one per service, shared, closed at shutdown)."""
         async with self._channels_lock:
             if service not in self._channels:
-                channel = await DiscoveryChannel.open(self.consul, service)
+                channel = await DiscoveryChannel.open(self.consul, service,
+                                                      interceptors=self.observability.client_interceptors())
                 self._stack.push_async_callback(channel.close)
                 self._channels[service] = channel
             return self._channels[service]
@@ -151,15 +155,21 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     config = await ConfigStore.open(settings_type, service, consul, env=env, config_dir=config_dir)
     stack.push_async_callback(config.close)
     address = _advertised_host(config.current)
-    context = Context(service, config, consul, stack)
+    observability = Observability(service, config.current.observability, instance=config.current.server.instance_id)
+    stack.push_async_callback(observability.close)  # last of the instance's own parts: spans of the shutdown too
+    metrics_port = observability.start_metrics(config.current.server.host)
+    context = Context(service, config, consul, stack, observability=observability)
     bindings = await build(context)
-    server = Server(config.current.server, bindings)
+    server = Server(config.current.server, bindings, interceptors=observability.server_interceptors())
     stack.push_async_callback(lambda: server.stop(config.current.server.grace_s))
     stack.push_async_callback(context._run_before_server_stop)
     await server.start()
+    # Prometheus finds the instance through Consul: consul_sd_configs reads this meta key.
+    meta = {"metrics_port": str(metrics_port)} if metrics_port else {}
     registration = Registration(consul, service=service, address=address, port=server.port,
                                 grpc_services=server.service_names, version=config.current.server.version,
-                                tags=config.current.server.tags, instance_id=config.current.server.instance_id)
+                                tags=config.current.server.tags, instance_id=config.current.server.instance_id,
+                                meta=meta)
     stack.push_async_callback(lambda: asyncio.sleep(config.current.server.drain_s))
     stack.push_async_callback(registration.deregister)
     stack.push_async_callback(server.set_not_serving)
@@ -186,7 +196,8 @@ def run(service: str, settings_type: type[S], build: Build[S]) -> None:
     configure_logging("INFO")
     try:
         # Static layers only, to set the log level before anything else logs; serve() loads again with KV.
-        configure_logging(load_settings(settings_type, service).log_level)
+        static = load_settings(settings_type, service)
+        configure_logging(static.log_level, json_logs=static.observability.json_logs)
         asyncio.run(_serve_until_signalled(service, settings_type, build))
     except ConfigError as exc:
         _LOG.error("invalid settings for %s: %s", service, exc)
@@ -218,19 +229,12 @@ def _on_signal(signum: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-class _OneLineFormatter(logging.Formatter):
-    """Keeps every record on one line (tracebacks included) so log shippers never split a record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return text.replace("\n", "\\n") if "\n" in text else text
-
-
-def configure_logging(level: str) -> None:
-    """Root logging to stderr, one line per record: time, level, logger, message. Called by run() only."""
+def configure_logging(level: str, *, json_logs: bool = False) -> None:
+    """Root logging to stderr, one line per record (text or JSON, with the call's cid, trace_id and span_id).
+    Called by run() only."""
     numeric = _log_level(level)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter(LOG_FORMAT, LOG_DATE_FORMAT))
+    handler.setFormatter(formatter(json_logs=json_logs))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

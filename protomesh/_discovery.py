@@ -137,11 +137,14 @@ class DiscoveryChannel(grpc.aio.Channel):
     """
 
     def __init__(self, consul: ConsulClient, service: str, *, close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
-                 options: Sequence[tuple[str, Any]] | None = None) -> None:
+                 options: Sequence[tuple[str, Any]] | None = None,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> None:
         self.service = service
         self._consul = consul
         self._close_grace_s = close_grace_s
         self._options = options
+        # Every instance's channel gets them: metrics and trace context (see protomesh._observability).
+        self._interceptors = list(interceptors) if interceptors else None
         self._endpoints: dict[str, _Endpoint] = {}
         self._rotation: list[_Endpoint] = []
         self._turn = 0
@@ -194,7 +197,8 @@ class DiscoveryChannel(grpc.aio.Channel):
             if target in self._endpoints:
                 self._endpoints[target].instance = instance
             else:
-                self._endpoints[target] = _Endpoint(instance, grpc.aio.insecure_channel(target, options=self._options))
+                channel = grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
+                self._endpoints[target] = _Endpoint(instance, channel)
         self._rotation = [self._endpoints[target] for target in sorted(self._endpoints)]
         self._changed.set()
         self._changed = asyncio.Event()

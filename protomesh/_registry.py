@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from protomesh.aio import BackgroundTasks, Backoff
@@ -40,7 +40,8 @@ class Registration:
     def __init__(self, consul: ConsulClient, *, service: str, address: str, port: int,
                  grpc_services: Sequence[str], version: str, tags: Sequence[str] = (), instance_id: str = "",
                  check_interval: str = "1s", deregister_after: str = "1m", initial_status: str = "passing",
-                 keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S) -> None:
+                 keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S, meta: Mapping[str, str] | None = None,
+                 http_check: str = "") -> None:
         self._consul = consul
         self.service = service
         # host:port is unique among running instances; a restart on the same address (a container brought back
@@ -54,10 +55,12 @@ class Registration:
             "address": address,
             "port": port,
             "tags": [*BASE_TAGS, *tags],
-            "meta": {"version": version, "grpc_services": ",".join(grpc_services)},
-            # The suffix is the name the server's health servicer marks SERVING.
-            "check": {"GRPC": target, "Interval": check_interval, "DeregisterCriticalServiceAfter": deregister_after,
-                      "Status": initial_status},
+            # Extra meta (e.g. metrics_port, which Prometheus's Consul discovery reads) beside the mesh's own keys.
+            "meta": {**(meta or {}), "version": version, "grpc_services": ",".join(grpc_services)},
+            # The suffix is the name the server's health servicer marks SERVING. An endpoint that is not a gRPC
+            # server (a scrape target such as Envoy's admin) is checked over HTTP instead.
+            "check": {**({"HTTP": http_check} if http_check else {"GRPC": target}), "Interval": check_interval,
+                      "DeregisterCriticalServiceAfter": deregister_after, "Status": initial_status},
             # Re-registering must not pile up stale checks from an earlier registration.
             "replace_existing_checks": True,
         }
@@ -112,4 +115,5 @@ class Registration:
             self._registered.clear()
         await self._consul.register(**self.body)
         self._registered.set()
-        log.info("registered %s in Consul (%s)", self.instance_id, self.body["check"]["GRPC"])
+        check = self.body["check"]
+        log.info("registered %s in Consul (%s)", self.instance_id, check.get("GRPC") or check.get("HTTP"))

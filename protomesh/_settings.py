@@ -41,11 +41,32 @@ class ConsulSettings:
 
 
 @dataclass(frozen=True)
+class ObservabilitySettings:
+    """Metrics (Prometheus), traces (OpenTelemetry over OTLP) and the log format of a service instance."""
+
+    # /metrics on server.host; 0 = a free port. The port is registered in Consul (meta `metrics_port`),
+    # which is how Prometheus finds the instance.
+    metrics: bool = True
+    metrics_port: int = 0
+    # Server, client and event spans with W3C trace context; off, context still passes through untouched.
+    tracing: bool = True
+    # OTLP/gRPC collector, host:port; empty = spans are made (log lines carry their ids) but not exported.
+    tracing_endpoint: str = ""
+    # Share of new traces recorded (0..1); a caller's sampled/unsampled decision is always honoured. A recorded
+    # call costs a Python service about 100 µs of CPU (span, batching, OTLP encoding): 1 % keeps a busy service's
+    # bill small. The local mesh (docker-compose.yml) records every trace.
+    sampling_ratio: float = 0.01
+    # One JSON object per log line instead of text.
+    json_logs: bool = False
+
+
+@dataclass(frozen=True)
 class ServiceSettings:
     """Base of every service's settings: subclass it and add fields."""
 
     server: ServerSettings = field(default_factory=ServerSettings)
     consul: ConsulSettings = field(default_factory=ConsulSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     log_level: str = "INFO"
 
 

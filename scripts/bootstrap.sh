@@ -4,9 +4,9 @@
 #   scripts/bootstrap.sh            all steps
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
-# Steps: venv envoy consul rabbitmq compose containers buf googleprotos devca; on request: grpcurl (make up),
-# bench (make bench), goplugins tspackages maven (make clients), openapi swaggerui (make openapi),
-# interop chromium browser fuzz (make test)
+# Steps: venv envoy consul rabbitmq compose containers buf googleprotos devca prometheus otelcol zipkin tmux;
+# on request: grpcurl (make up), bench (make bench), goplugins tspackages maven (make clients), openapi swaggerui
+# (make openapi), interop chromium browser fuzz (make test)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +29,12 @@ OPENAPIV2_VERSION=v2.33.0
 SWAGGER_UI_VERSION=5.35.0
 # grpc-go release whose interop client (and contracts, see tests/interop/descriptors) the interop suite runs.
 GRPC_GO_VERSION=v1.85.0
+# The OpenTelemetry Collector's builder; its release must match the components in observability/otelcol-builder.yaml.
+OTELCOL_BUILDER_VERSION=v0.148.0
+# Prometheus 3.16.0 (its Go module numbers releases v0.<major><minor>.<patch>).
+PROMETHEUS_MODULE_VERSION=v0.316.0
+PROMETHEUS_VERSION=3.16.0
+ZIPKIN_VERSION=3.5.1
 
 step() { printf '==> %s\n' "$*"; }
 ok() { printf '    %s\n' "$*"; }
@@ -275,6 +281,62 @@ step_maven() {
   ok "$(first_line mvn -v 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g'), $(javac -version 2>&1)"
 }
 
+# The OpenTelemetry Collector of the mesh: no prebuilt distribution is served by a registry reachable here, so the
+# collector's own builder (a Go module) compiles one with only the components observability/otelcol.yaml uses.
+step_otelcol() {
+  step "otelcol (OpenTelemetry Collector built with builder $OTELCOL_BUILDER_VERSION into .tools/bin/otelcol)"
+  local bin="$TOOLS/bin/otelcol" manifest="$ROOT/observability/otelcol-builder.yaml" want stamp="$TOOLS/bin/.otelcol-stamp"
+  want=$(sha256sum "$manifest" | cut -d' ' -f1)
+  if [ -x "$bin" ] && fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  need go "the collector is built with Go: install Go"
+  local build
+  build=$(mktemp -d)
+  quietly env GOBIN="$build/bin" go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_BUILDER_VERSION"
+  cp "$manifest" "$build/builder.yaml"
+  (cd "$build" && quietly "$build/bin/builder" --config=builder.yaml)
+  mkdir -p "$TOOLS/bin" && mv "$build/build/otelcol" "$bin" && rm -rf "$build"
+  echo "$want" >"$stamp"
+  ok "$("$bin" --version)"
+}
+
+# Prometheus, built from its Go module: Debian's package has Consul discovery patched out ("Disable Consul SD until
+# its Debian package is back in shape", its changelog), and the mesh finds every target through Consul. Only the
+# Consul discovery is compiled in (remove_all_sd + enable_consul_sd), which also keeps the build short. A source
+# build has the HTTP API (what `protomesh top` and the tests read) but not the web UI, an npm build of its own.
+step_prometheus() {
+  step "prometheus $PROMETHEUS_VERSION (go install $PROMETHEUS_MODULE_VERSION, Consul discovery only, into .tools/bin)"
+  local bin="$TOOLS/bin/prometheus"
+  if [ -x "$bin" ] && [[ "$("$bin" --version 2>&1)" == *"version $PROMETHEUS_VERSION "* ]]; then ok "up to date"; return; fi
+  need go "Prometheus is built with Go: install Go"
+  quietly env GOBIN="$TOOLS/bin" go install -tags remove_all_sd,enable_consul_sd \
+    -ldflags "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
+  ok "$(first_line "$bin" --version)"
+}
+
+# Zipkin, the trace backend (UI and query API): its server jar from Maven (kept in Maven's own ~/.m2), run with java.
+step_zipkin() {
+  step "zipkin $ZIPKIN_VERSION (io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec via mvn into .tools/zipkin; run with java)"
+  local jar="$TOOLS/zipkin/zipkin-server-$ZIPKIN_VERSION-exec.jar"
+  if [ -s "$jar" ] && type -P java >/dev/null; then ok "up to date"; return; fi
+  if ! type -P mvn >/dev/null || ! type -P java >/dev/null; then
+    as_root || die "maven or java is missing: run 'sudo apt-get install -y maven openjdk-17-jdk-headless'"
+    apt_install maven openjdk-17-jdk-headless
+  fi
+  quietly mvn -q -B dependency:copy "-Dartifact=io.zipkin:zipkin-server:$ZIPKIN_VERSION:jar:exec" \
+    "-DoutputDirectory=$TOOLS/zipkin"
+  ok "installed ($(du -h "$jar" | cut -f1))"
+}
+
+# `protomesh top`'s test runs it in a pseudo-terminal: tmux (Debian).
+step_tmux() {
+  step "tmux (Debian package; the protomesh top test drives a terminal with it)"
+  if type -P tmux >/dev/null; then ok "installed"; return; fi
+  as_root || die "tmux is missing: run 'sudo apt-get install -y tmux'"
+  apt_install tmux
+  ok "installed"
+}
+
 # `make openapi`: the generator of the OpenAPI document, run through grpcio-tools' protoc like the Go plugins.
 step_openapi() {
   step "protoc-gen-openapiv2 $OPENAPIV2_VERSION (go install into .tools/bin)"
@@ -331,13 +393,16 @@ step_fuzz() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos devca)
+  [ ${#steps[@]} -gt 0 ] || steps=(venv envoy consul rabbitmq compose containers buf googleprotos devca prometheus otelcol
+    zipkin tmux)
   for s in "${steps[@]}"; do
     case "$s" in
-      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | devca | grpcurl | bench | \
-        goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | browser | fuzz) "step_$s" ;;
-      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos devca" \
-           "grpcurl bench goplugins tspackages maven interop openapi swaggerui chromium browser fuzz)" ;;
+      venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | devca | prometheus | otelcol | \
+        zipkin | tmux | grpcurl | bench | goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | \
+        browser | fuzz) "step_$s" ;;
+      *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos devca prometheus" \
+           "otelcol zipkin tmux grpcurl bench goplugins tspackages maven interop openapi swaggerui chromium browser" \
+           "fuzz)" ;;
     esac
   done
 }

@@ -20,6 +20,7 @@ from protomesh.events._handlers import EventHandlers, UndeliverableEvent
 from protomesh.events._outbox import (
     DEFAULT_OUTBOX_BATCH,
     DEFAULT_OUTBOX_POLL_S,
+    CountingOutboxStorage,
     OutboxRecord,
     OutboxRelay,
     OutboxStorage,
@@ -27,6 +28,7 @@ from protomesh.events._outbox import (
 )
 from protomesh.events._publisher import DEFAULT_PUBLISH_TIMEOUT_S, Publisher, PublishError, Unroutable
 from protomesh.events._subscriber import DEFAULT_PREFETCH, DEFAULT_RETRY_DELAY_S, Subscriber
+from protomesh.events._telemetry import current_trace_parent
 from protomesh.events._topology import DEFAULT_DELIVERY_LIMIT
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT_S",
     "DEFAULT_RECONNECT_INTERVAL_S",
     "DEFAULT_RETRY_DELAY_S",
+    "CountingOutboxStorage",
     "Delivery",
     "EventHandlers",
     "OutboxRecord",
@@ -52,6 +55,7 @@ __all__ = [
     "UndeliverableEvent",
     "Unroutable",
     "current_delivery",
+    "current_trace_parent",
     "decode_event",
     "event_id_of",
     "event_type",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
@@ -25,22 +26,33 @@ DEFAULT_OUTBOX_POLL_S = 1.0
 
 
 class OutboxRecord(NamedTuple):
-    """One stored event: the storage's id for it, the serialized protobuf, and its full proto name."""
+    """One stored event: the storage's id for it, the serialized protobuf, its full proto name, and the
+    traceparent of the call that committed it (`current_trace_parent()`; "" when none was kept)."""
 
     id: int
     payload: bytes
     event_type: str
+    trace_parent: str = ""
 
 
 class OutboxStorage(Protocol):
     """What a service's repository implements over the table it writes events to in the same transaction.
 
-    fetch_unpublished returns the oldest unpublished events first, as (id, payload, event_type) tuples.
+    fetch_unpublished returns the oldest unpublished events first, as (id, payload, event_type) tuples, or
+    (id, payload, event_type, trace_parent) to publish each inside the trace of the call that stored it.
     """
 
-    async def fetch_unpublished(self, limit: int) -> Sequence[tuple[int, bytes, str]]: ...
+    async def fetch_unpublished(self, limit: int) -> Sequence[tuple[int, bytes, str] | tuple[int, bytes, str, str]]:
+        ...
 
     async def mark_published(self, ids: Sequence[int]) -> None: ...
+
+
+@runtime_checkable
+class CountingOutboxStorage(OutboxStorage, Protocol):
+    """An outbox storage that can also count what is unpublished (exported as protomesh_outbox_backlog)."""
+
+    async def count_unpublished(self) -> int: ...
 
 
 class OutboxRelay:
@@ -98,15 +110,28 @@ class OutboxRelay:
             confirmed: list[int] = []
             try:
                 for record in records:
-                    await self._publisher.publish(decode_event(record.event_type, record.payload),
-                                                  require_route=self.require_route)
+                    event = decode_event(record.event_type, record.payload)
+                    await self._report_backlog(records, len(confirmed), event)
+                    await self._publisher.publish(event, require_route=self.require_route,
+                                                  trace_parent=record.trace_parent)
                     confirmed.append(record.id)
             finally:
                 if confirmed:
                     await self._storage.mark_published(confirmed)
             total += len(confirmed)
             if len(records) < self.batch_size:
+                self._publisher.telemetry.outbox(0, 0.0)
                 return total
+
+    async def _report_backlog(self, records: Sequence[OutboxRecord], done: int, oldest: Message) -> None:
+        """Backlog and age of the oldest unpublished event (the one about to be published)."""
+        if self._publisher.telemetry.metrics is None:
+            return
+        if isinstance(self._storage, CountingOutboxStorage):
+            backlog = await self._storage.count_unpublished() - done
+        else:  # at least what this batch still holds
+            backlog = len(records) - done
+        self._publisher.telemetry.outbox(backlog, max(time.time() - _event_time_s(oldest), 0.0))
 
     async def _run(self) -> None:
         backoff = broker_backoff()
@@ -126,6 +151,16 @@ class OutboxRelay:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+
+def _event_time_s(event: Message) -> float:
+    """The event's event_time in seconds since the epoch (now when it has none)."""
+    field = event.DESCRIPTOR.fields_by_name.get("event_time")
+    if field is None or not event.HasField("event_time"):
+        return time.time()
+    stamp = getattr(event, "event_time")  # noqa: B009 - the field is only known at runtime
+    seconds: float = stamp.seconds + stamp.nanos / 1e9
+    return seconds
 
 
 def decode_event(type_name: str, payload: bytes) -> Message:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
@@ -15,7 +15,11 @@ from protomesh.aio import BackgroundTasks
 from protomesh.events._connect import DEFAULT_BACKOFF_MAX_S, broker_backoff, connect, safe_url
 from protomesh.events._envelope import CONTENT_TYPE, DEFAULT_EXCHANGE, Delivery, _delivery
 from protomesh.events._handlers import EventHandlers, UndeliverableEvent
+from protomesh.events._telemetry import EventTelemetry
 from protomesh.events._topology import DEFAULT_DELIVERY_LIMIT, dead_letter_queue, declare_group_queue
+
+if TYPE_CHECKING:
+    from protomesh._observability import Observability
 
 logger = logging.getLogger("protomesh.events")
 
@@ -44,11 +48,14 @@ class Subscriber:
     handler's message is acked only after the handler returned, so work must be committed by then; an
     event can still arrive twice (a lost ack, a crashed consumer): handlers dedupe by event_id. A broker
     down at start or later is retried in the background; consumption resumes on its own.
+
+    With `observability=ctx.observability`, each handler run is a CONSUMER span, child of (and linked to) the
+    publish span whose context the message carries, and consumed/redelivered/dead-lettered events are counted.
     """
 
     def __init__(self, url: str, *, group: str, handlers: EventHandlers, exchange: str = DEFAULT_EXCHANGE,
                  prefetch: int = DEFAULT_PREFETCH, delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
-                 retry_delay_s: float = DEFAULT_RETRY_DELAY_S) -> None:
+                 retry_delay_s: float = DEFAULT_RETRY_DELAY_S, observability: Observability | None = None) -> None:
         if not len(handlers):
             raise ValueError(f"consumer group {group!r} has no handlers")
         self._url = url
@@ -67,6 +74,7 @@ class Subscriber:
         self._idle = asyncio.Event()
         self._idle.set()
         self.last_error: BaseException | None = None
+        self.telemetry = EventTelemetry.of(observability)
 
     @property
     def queue_name(self) -> str:
@@ -164,12 +172,15 @@ class Subscriber:
             event, handler = self.handlers.resolve(type_name, message.body)
         except UndeliverableEvent as error:
             logger.error("dead-lettering %s %s from %s: %s", type_name, message.message_id, self.group, error)
+            self.telemetry.dead_lettered(self.group, type_name, "undeliverable")
             await self._settle(message.reject(requeue=False), message)
             return
         delivery = _delivery_of(message, type_name)
         token = _delivery.set(delivery)
         try:
-            await handler(event)
+            with self.telemetry.consuming(self.group, self.queue_name, type_name, delivery.event_id,
+                                          dict(message.headers or {}), delivery.redelivered):
+                await handler(event)
         except Exception:
             await self._retry_later(message, delivery)
             return
@@ -182,7 +193,9 @@ class Subscriber:
         logger.exception("%s handler failed on %s %s (attempt %d of %d)%s", self.group, delivery.event_type,
                          delivery.event_id, delivery.attempt, self.delivery_limit,
                          f"; dead-lettering it to {self.dead_letter_queue_name}" if last else "")
-        if not last:
+        if last:
+            self.telemetry.dead_lettered(self.group, delivery.event_type, "delivery_limit")
+        else:
             await asyncio.sleep(min(self.retry_delay_s * 2 ** (delivery.attempt - 1), DEFAULT_BACKOFF_MAX_S))
         # Requeued even on the last attempt: the broker counts it and dead-letters past its delivery limit.
         await self._settle(message.nack(requeue=True), message)

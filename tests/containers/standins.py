@@ -67,6 +67,23 @@ def _consul(root: Path) -> dict[str, Path]:
     return {"consul": Path(found).resolve()}
 
 
+def _project_tool(root: Path, name: str) -> dict[str, Path]:
+    """A program `make setup` built into .tools/bin (the Prometheus and collector the local mesh runs)."""
+    path = root / ".tools" / "bin" / name
+    if not os.access(path, os.X_OK):
+        raise MissingComponentError(f"{name} (.tools/bin/{name}) is not installed: run `make setup`")
+    return {name: path}
+
+
+def _zipkin(root: Path) -> dict[str, Path]:
+    from localmesh.observability import ZIPKIN_JAR
+
+    jar = root / ZIPKIN_JAR
+    if not jar.is_file():
+        raise MissingComponentError(f"Zipkin ({ZIPKIN_JAR}) is not installed: run `make setup`")
+    return {jar.name: jar}
+
+
 # Official repository (as Docker names it) -> recipe. Tags come from the compose file and Dockerfiles.
 RECIPES = {
     "docker.io/library/python": Recipe("python", lambda _root: {}, ("python3", "--version")),
@@ -74,6 +91,12 @@ RECIPES = {
     "docker.io/hashicorp/consul": Recipe("consul", _consul, ("consul", "version")),
     "docker.io/library/rabbitmq": Recipe("rabbitmq", lambda _root: {},
                                          ("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server")),
+    "docker.io/prom/prometheus": Recipe("prometheus", lambda root: _project_tool(root, "prometheus"),
+                                        ("/bin/prometheus", "--version")),
+    "docker.io/otel/opentelemetry-collector-contrib": Recipe("otelcol", lambda root: _project_tool(root, "otelcol"),
+                                                             ("/otelcol-contrib", "--version")),
+    # The jar's file name carries its version (the server has no --version of its own).
+    "docker.io/openzipkin/zipkin": Recipe("zipkin", _zipkin, ("ls", "/zipkin")),
 }
 
 

@@ -20,7 +20,7 @@ from tests.containers.images import Images
 from tests.containers.podman import HealthTicker, Podman, podman_service
 from tests.containers.stack import ComposeStack, Container, project_name, reap_abandoned
 from tests.containers.timing import Phases
-from tests.containers.walkthrough import Gateway, walkthrough
+from tests.containers.walkthrough import Gateway, observed, walkthrough
 
 log = logging.getLogger("containers")
 
@@ -128,6 +128,9 @@ async def test_the_stack_in_containers_answers_the_walkthrough_and_survives_a_ki
                         gateway = Gateway(address, http)
                         with phases.measure("walkthrough"):
                             user_id = await walkthrough(gateway)
+                        with phases.measure("observability"):
+                            await observed(http, f"127.0.0.1:{stack.ports['PROMETHEUS_PORT']}",
+                                           f"127.0.0.1:{stack.ports['ZIPKIN_PORT']}", stack.expected_replicas())
                         with phases.measure("kill test"):
                             await kill_9_one_instance(stack, gateway, user_id)
                 except BaseException:

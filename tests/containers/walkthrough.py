@@ -62,3 +62,33 @@ async def walkthrough(gateway: Gateway) -> str:
     assert reply.user.display_name == "Ada"
     log.info("step: the same user read with native gRPC through the gateway port")
     return user_id
+
+
+# Targets are found through Consul, then scraped every 2 s; spans go through two batches (service, collector).
+OBSERVED_TIMEOUT_S = 60.0
+TRACED_SERVICES = {"gateway", "orders", "users", "notifications"}
+
+
+async def observed(http: aiohttp.ClientSession, prometheus: str, zipkin: str, replicas: dict[str, int]) -> None:
+    """After the walkthrough, in containers: Prometheus scrapes every instance, Envoy and the control plane it found
+    through consul:8500, and Zipkin holds spans of the four processes the order went through."""
+
+    async def get(url: str, **params: str) -> Any:
+        async with http.get(url, params=params, timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)) as response:
+            return await response.json(content_type=None) if response.status == 200 else None
+
+    async def targets_up() -> bool:
+        body = await get(f"http://{prometheus}/api/v1/query", query='count by (service) (up{job="protomesh"} == 1)')
+        found = {r["metric"]["service"]: int(r["value"][1]) for r in (body or {}).get("data", {}).get("result", [])}
+        wanted = {**{name: count for name, count in replicas.items() if name in ("users", "orders", "notifications")},
+                  "controlplane": 1, "gateway": 1}
+        return all(found.get(name) == count for name, count in wanted.items())
+
+    took = await poll_until(targets_up, timeout=OBSERVED_TIMEOUT_S, what="every target up in Prometheus", interval=1)
+    log.info("step: Prometheus scrapes every instance, Envoy and the control plane (found in Consul) after %.1fs", took)
+
+    async def traced() -> bool:
+        return set(await get(f"http://{zipkin}/api/v2/services") or []) >= TRACED_SERVICES
+
+    took = await poll_until(traced, timeout=OBSERVED_TIMEOUT_S, what="spans of every service in Zipkin", interval=1)
+    log.info("step: Zipkin has spans from %s after %.1fs", ", ".join(sorted(TRACED_SERVICES)), took)

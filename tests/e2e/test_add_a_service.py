@@ -28,7 +28,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 log = logging.getLogger("e2e")
 ROOT = project_root()
 # A project of one's own: the contracts, services, config and topology are copies; the runtime is this one.
-COPIED = ("protos/acme", "services", "config", "docker-compose.yml")
+COPIED = ("protos/acme", "services", "config", "observability", "docker-compose.yml")
 
 
 def protomesh(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

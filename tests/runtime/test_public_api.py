@@ -13,9 +13,9 @@ import protomesh
 PINNED: dict[str, set[str]] = {
     "protomesh": {
         "Binding", "ConfigError", "ConfigStore", "ConsulClient", "ConsulSettings", "Context", "DiscoveryChannel",
-        "ProtomeshInterceptor", "Registration", "RunningService", "Server", "ServerSettings", "ServiceInstance",
-        "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run", "seed_config",
-        "serve", "time_remaining",
+        "ObservabilitySettings", "ProtomeshInterceptor", "Registration", "RunningService", "Server", "ServerSettings",
+        "ServiceInstance", "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run",
+        "seed_config", "serve", "time_remaining",
     },
     "protomesh.aio": {"BackgroundTasks", "Backoff", "poll_until", "with_heartbeats"},
     "protomesh.consul": {
@@ -32,10 +32,10 @@ PINNED: dict[str, set[str]] = {
     "protomesh.events": {
         "CONTENT_TYPE", "DEFAULT_BACKOFF_INITIAL_S", "DEFAULT_BACKOFF_MAX_S", "DEFAULT_DELIVERY_LIMIT",
         "DEFAULT_EXCHANGE", "DEFAULT_OUTBOX_BATCH", "DEFAULT_OUTBOX_POLL_S", "DEFAULT_PREFETCH",
-        "DEFAULT_PUBLISH_TIMEOUT_S", "DEFAULT_RECONNECT_INTERVAL_S", "DEFAULT_RETRY_DELAY_S", "Delivery",
-        "EventHandlers", "OutboxRecord", "OutboxRelay", "OutboxStorage", "PublishError", "Publisher", "Subscriber",
-        "UndeliverableEvent", "Unroutable", "current_delivery", "decode_event", "event_id_of", "event_type",
-        "stamp_event",
+        "DEFAULT_PUBLISH_TIMEOUT_S", "DEFAULT_RECONNECT_INTERVAL_S", "DEFAULT_RETRY_DELAY_S", "CountingOutboxStorage",
+        "Delivery", "EventHandlers", "OutboxRecord", "OutboxRelay", "OutboxStorage", "PublishError", "Publisher",
+        "Subscriber", "UndeliverableEvent", "Unroutable", "current_delivery", "current_trace_parent", "decode_event",
+        "event_id_of", "event_type", "stamp_event",
     },
     "protomesh.testing": {"DEFAULT_CLOCK_START", "ServedBindings", "SteppingClock", "field_violations",
                           "serve_bindings"},

@@ -37,7 +37,8 @@ async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
     ctx.before_server_stop(broadcaster.close)
     notifications = Notifications(repo, broadcaster, limits=settings.page_limits)
     subscriber = await ctx.enter(Subscriber(settings.amqp_url, group=CONSUMER_GROUP,
-                                            handlers=event_handlers(notifications), prefetch=settings.prefetch))
+                                            handlers=event_handlers(notifications), prefetch=settings.prefetch,
+                                            observability=ctx.observability))
     try:
         # Passing in Consul then also means "consuming" whenever the broker is up; a broker that is down
         # must not keep the service from serving what it has stored, so this wait is bounded.

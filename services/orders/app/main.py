@@ -28,7 +28,8 @@ async def build(ctx: Context[OrdersSettings]) -> list[Binding]:
     """Open the store, the publisher and its relay (closed by the runtime in reverse), reach users via Consul."""
     settings = ctx.settings
     repo = await ctx.enter(SqliteOrderRepository.open(settings.database_file()))
-    publisher = await ctx.enter(Publisher(settings.amqp_url, app_id=SERVICE))
+    publisher = await ctx.enter(Publisher(settings.amqp_url, app_id=SERVICE,
+                                                observability=ctx.observability))
     relay = await ctx.enter(OutboxRelay(repo, publisher))
     users = GrpcUserDirectory(await ctx.channel(USERS_SERVICE), timeout_s=settings.users_timeout_s)
     orders = Orders(repo, users, limits=settings.page_limits, events_committed=relay.notify)

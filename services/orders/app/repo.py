@@ -12,6 +12,7 @@ import aiosqlite
 
 from app.domain import LineItem, Order, OrderEvent, OrderState
 from app.mapping import event_to_proto
+from protomesh.events import current_trace_parent
 from protomesh.paging import Cursor
 from protomesh.sqlite import Database, Repository, from_micros, to_micros
 
@@ -46,11 +47,15 @@ class _Writer:
 
     async def add_event(self, event: OrderEvent) -> None:
         message = event_to_proto(event)
-        await self._conn.execute(
+        cursor = await self._conn.execute(
             "INSERT INTO outbox (event_id, event_type, payload, create_us) VALUES (?, ?, ?, ?)",
             (event.event_id, message.DESCRIPTOR.full_name, message.SerializeToString(),
              to_micros(event.event_time)),
         )
+        # The trace of the call that placed the order: the relay publishes the event inside it.
+        if trace_parent := current_trace_parent():
+            await self._conn.execute("INSERT INTO outbox_trace (seq, trace_parent) VALUES (?, ?)",
+                                     (cursor.lastrowid, trace_parent))
 
 
 class SqliteOrderRepository(Repository):
@@ -59,7 +64,8 @@ class SqliteOrderRepository(Repository):
     # Line items are a value of their order, never queried on their own: one JSON column keeps a read one row.
     # Times are integer microseconds since the epoch: exact, and they sort the way the list order needs.
     # The outbox keeps published rows (publish_us set) as an audit trail; the partial index keeps the relay's
-    # scan proportional to what is still pending.
+    # scan proportional to what is still pending. An event's trace context has a table of its own, which a
+    # database made before tracing existed also gets (CREATE TABLE IF NOT EXISTS, no migration).
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS orders (
             order_id    TEXT PRIMARY KEY,
@@ -80,6 +86,10 @@ class SqliteOrderRepository(Repository):
             publish_us INTEGER
         );
         CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE publish_us IS NULL;
+        CREATE TABLE IF NOT EXISTS outbox_trace (
+            seq          INTEGER PRIMARY KEY REFERENCES outbox (seq),
+            trace_parent TEXT NOT NULL
+        );
     """
 
     def __init__(self, db: Database, *, clock: Callable[[], datetime] = _utc_now) -> None:
@@ -108,12 +118,19 @@ class SqliteOrderRepository(Repository):
         sql = f"SELECT {_COLUMNS} FROM orders WHERE {' AND '.join(where)} ORDER BY create_us, order_id LIMIT ?"
         return [_order(row) for row in await self._db.fetch_all(sql, [*params, limit])]
 
-    async def fetch_unpublished(self, limit: int) -> list[tuple[int, bytes, str]]:
-        """The oldest unpublished events as (seq, payload, event_type), in commit order (OutboxStorage)."""
+    async def fetch_unpublished(self, limit: int) -> list[tuple[int, bytes, str, str]]:
+        """The oldest unpublished events as (seq, payload, event_type, trace_parent), in commit order
+        (OutboxStorage)."""
         rows = await self._db.fetch_all(
-            "SELECT seq, payload, event_type FROM outbox WHERE publish_us IS NULL ORDER BY seq LIMIT ?", (limit,)
+            "SELECT o.seq, o.payload, o.event_type, coalesce(t.trace_parent, '') FROM outbox o "
+            "LEFT JOIN outbox_trace t ON t.seq = o.seq WHERE o.publish_us IS NULL ORDER BY o.seq LIMIT ?", (limit,)
         )
-        return [(int(seq), bytes(payload), str(event_type)) for seq, payload, event_type in rows]
+        return [(int(seq), bytes(payload), str(event_type), str(parent)) for seq, payload, event_type, parent in rows]
+
+    async def count_unpublished(self) -> int:
+        """How many events wait for the broker (CountingOutboxStorage: the relay exports it as a gauge)."""
+        row = await self._db.fetch_one("SELECT count(*) FROM outbox WHERE publish_us IS NULL")
+        return int(row[0]) if row is not None else 0
 
     async def mark_published(self, ids: Sequence[int]) -> None:
         """Record that the broker confirmed these events (OutboxStorage)."""
