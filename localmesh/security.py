@@ -133,7 +133,10 @@ def _limits(raw: object, where: str) -> dict[str, object]:
     for path, value in _paths(raw, where).items():
         if not isinstance(value, Mapping) or not set(value) <= {"requests", "per"}:
             raise TopologyError(f"{where}: {path}: expected {{requests: N, per: 1s}}")
-        limits[path] = {"requests": value.get("requests"), "per_s": parse_ttl(str(value.get("per", "1s")))}
+        requests = value.get("requests")
+        if isinstance(requests, str) and requests.isdigit():  # an interpolated ${VARIABLE}
+            requests = int(requests)
+        limits[path] = {"requests": requests, "per_s": parse_ttl(str(value.get("per", "1s")))}
     return limits
 
 
