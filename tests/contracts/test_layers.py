@@ -49,3 +49,10 @@ def test_a_services_code_imports_only_the_runtime() -> None:
         private = {m for path in service.rglob("*.py") for m in GRAPH.imported_modules(path)
                    if m.startswith("protomesh._")}
         assert private == set(), service.parent.name
+
+
+def test_no_two_test_modules_share_a_file_name() -> None:
+    # pytest imports test modules by file name (the test folders are not packages): a second
+    # test_x.py anywhere stops the whole run at collection.
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({name for name in names if names.count(name) > 1}) == []
