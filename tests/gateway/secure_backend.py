@@ -71,6 +71,8 @@ message EchoResponse {
   bool authorization = 2;
   repeated string peer_uris = 3;
   repeated string header_names = 4;
+  string peer_serial = 5;
+  string instance = 6;
 }
 """
 METHODS = {SECURE: ("Hello", "Read", "Write", "Plain", "Limited"), FOREIGN: ("Open", "Guarded"),
@@ -112,12 +114,16 @@ class Messages:
                                    response_deserializer=self.response.FromString)
 
 
-def peer_uris(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
-    """The URI SANs of the caller's certificate (its SPIFFE id), read from the handshake."""
+def peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> x509.Certificate | None:
+    """The caller's certificate, as the handshake delivered it."""
     pems = context.auth_context().get("x509_pem_cert") or []
-    if not pems:
+    return x509.load_pem_x509_certificate(pems[0]) if pems else None
+
+
+def peer_uris(cert: x509.Certificate | None) -> list[str]:
+    """The URI SANs of the caller's certificate (its SPIFFE id)."""
+    if cert is None:
         return []
-    cert = x509.load_pem_x509_certificate(pems[0])
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return [str(uri) for uri in names.get_values_for_type(x509.UniformResourceIdentifier)]
 
@@ -135,6 +141,10 @@ class Backend:
     server: grpc.aio.Server | None = None
     port: int = 0
 
+    @property
+    def instance_id(self) -> str:
+        return f"{self.name}-{self.port}"
+
     async def start(self, consul: ConsulClient) -> None:
         self.server = grpc.aio.server()
         for service in self.services:
@@ -144,7 +154,7 @@ class Backend:
             self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(service, handlers)])
         self.port = self.server.add_secure_port("127.0.0.1:0", self.identity.server_credentials())
         await self.server.start()
-        await consul.register(name=self.name, service_id=f"{self.name}-{self.port}", address="127.0.0.1",
+        await consul.register(name=self.name, service_id=self.instance_id, address="127.0.0.1",
                               port=self.port, meta={"grpc_services": ",".join(self.services)},
                               check={"TTL": "600s", "Status": "passing"})
 
@@ -152,12 +162,15 @@ class Backend:
         async def echo(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self.calls[path] += 1
             metadata = dict(context.invocation_metadata() or ())
+            cert = peer_certificate(context)
             return self.messages.response(claims=str(metadata.get("x-protomesh-claims", "")),
-                                          authorization="authorization" in metadata, peer_uris=peer_uris(context),
-                                          header_names=sorted(metadata))
+                                          authorization="authorization" in metadata, peer_uris=peer_uris(cert),
+                                          header_names=sorted(metadata),
+                                          peer_serial=f"{cert.serial_number:x}" if cert is not None else "",
+                                          instance=self.instance_id)
         return echo
 
     async def stop(self, consul: ConsulClient) -> None:
-        await consul.deregister(f"{self.name}-{self.port}")
+        await consul.deregister(self.instance_id)
         if self.server is not None:
             await self.server.stop(0)

@@ -42,7 +42,7 @@ class EdgeSecurity:
         made = cls(folder, DevCA.open(folder / "pki"), DevIssuer.open(folder / "issuer"),
                    acl.MeshTokens.open(folder / "consul-tokens.json"))
         made.rotate_edge()
-        made.issue(Workload.service("gateway"), made.mesh_dir)
+        made.rotate_mesh()
         return made
 
     @property
@@ -62,15 +62,19 @@ class EdgeSecurity:
         write_identity(folder, issued, self.ca.bundle)
         return issued
 
+    def rotate_mesh(self) -> Issued:
+        """A new certificate for the gateway's workload identity (what it presents to services)."""
+        return self.issue(Workload.service("gateway"), self.mesh_dir)
+
     def rotate_edge(self) -> Issued:
         """A new edge certificate (new key, new serial) for localhost and 127.0.0.1, written as an issuer would."""
         return self.issue(Workload.service("gateway"), self.edge_dir, dns_names=["localhost"],
                           ip_addresses=["127.0.0.1"])
 
-    def identity(self, service: str, *, holding: str | None = None) -> IdentityFolder:
+    def identity(self, service: str, *, holding: str | None = None, instance: int = 1) -> IdentityFolder:
         """An identity folder for an instance of service, with the certificate of `holding` (another service's,
         for an impostor) or its own."""
-        folder = self.folder / "identities" / f"{service}-instance"
+        folder = self.folder / "identities" / f"{service}-{instance}"
         self.issue(Workload.service(holding or service), folder)
         return IdentityFolder.open(folder)
 

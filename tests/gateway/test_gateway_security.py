@@ -40,8 +40,9 @@ from protomesh.identity import Workload
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 LIMITED = f"/{SECURE}/Limited"
-# Two calls, then one more every 5 s: slow enough that a bucket emptied by REST is still empty for gRPC.
-LIMIT = {"requests": 2, "per_s": 10}
+# Two calls, then one more every 10 s: slow enough that a bucket emptied by REST is still empty for gRPC, and
+# after a route update.
+LIMIT = {"requests": 2, "per_s": 20}
 POLICY = {"rules": {f"/{FOREIGN}/": {"public": True}, f"/{FOREIGN}/Guarded": {"scopes": ["foreign:call"]}},
           "rate_limits": {LIMITED: LIMIT}}
 # The control plane looks at the folders and the JWKS every second; Envoy applies a push at once.
@@ -366,7 +367,7 @@ async def test_a_clients_own_claims_never_reach_a_service_the_verified_ones_do(
 # --- rate limits ---------------------------------------------------------------------------------------------
 
 async def test_a_rate_limited_method_answers_429_with_retry_after_and_its_bucket_refills(
-        stack: SecureStack, backends: dict[str, Backend]) -> None:
+        stack: SecureStack, backends: dict[str, Backend], consul: ConsulClient) -> None:
     statuses, limited = [], None
     for _ in range(LIMIT["requests"] + 2):
         answer = await https(stack, "GET", "/v1/secure:limited")
@@ -391,6 +392,20 @@ async def test_a_rate_limited_method_answers_429_with_retry_after_and_its_bucket
                                                                   "too many requests")
     assert 1 <= int(dict(with_deadline.trailing_metadata())["retry-after"]) <= LIMIT["per_s"]
     limited_at = time.monotonic()
+    # A new Consul service changes the route table; the bucket is the filter's, not the routes', so it stays empty.
+    updates = stack.gateway.stat("http.gateway.rds.protomesh.update_success")
+    await consul.register(name="spare", service_id="spare-1", address="127.0.0.1", port=9,
+                          meta={"grpc_services": "protomeshtest.spare.v1.SpareService"},
+                          check={"TTL": "600s", "Status": "passing"})
+    try:
+        await poll_until(lambda: stack.gateway.stat("http.gateway.rds.protomesh.update_success") > updates,
+                         timeout=ROTATION_WITHIN_S, what="a route update")
+        after_update = await https(stack, "GET", "/v1/secure:limited")
+    finally:
+        await consul.deregister("spare-1")
+    step("after a route update (%.1f s after the 429): %d", time.monotonic() - limited_at, after_update.status)
+    assert time.monotonic() - limited_at < retry_after  # the bucket cannot have refilled meanwhile
+    assert after_update.status == 429
 
     async def refilled() -> bool:
         return (await https(stack, "GET", "/v1/secure:limited")).status == 200
@@ -433,6 +448,30 @@ async def test_an_instance_holding_another_services_certificate_is_refused(
     assert (answer.status, answer.body) == (503, {"code": 14, "message": "service unavailable", "details": []})
     assert refused[0] == grpc.StatusCode.UNAVAILABLE
     assert sum(backends["impostor"].calls.values()) == 0
+
+
+async def test_a_rotated_gateway_identity_is_presented_on_the_next_connection_to_a_service(
+        stack: SecureStack, backends: dict[str, Backend], messages: Messages, consul: ConsulClient) -> None:
+    issued = await asyncio.to_thread(stack.security.rotate_mesh)
+    serial = f"{issued.serial:x}"
+    await poll_until(lambda: serial in stack.gateway.admin("/certs"), timeout=ROTATION_WITHIN_S,
+                     what="Envoy holding the rotated mesh certificate")
+    step("gateway identity rotated (serial %s); Envoy holds it: a second instance of secure starts", serial)
+    second = Backend("secure", stack.security.identity("secure", instance=2), messages, (SECURE, FOREIGN))
+    await second.start(consul)
+    try:
+        await asyncio.to_thread(wait_until, lambda: len(stack.gateway.hosts("secure")) == 2, what="two instances")
+        replies = {}
+        for _ in range(20):
+            answer = await https(stack, "GET", "/v1/foreign:open")
+            replies[answer.body["instance"]] = answer.body["peerSerial"]
+            if second.instance_id in replies:
+                break
+    finally:
+        await second.stop(consul)
+    step("the new instance saw the gateway's certificate %s (instances and serials: %s)",
+         replies.get(second.instance_id), replies)
+    assert replies[second.instance_id] == serial
 
 
 # --- Consul ACLs ---------------------------------------------------------------------------------------------
