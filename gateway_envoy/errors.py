@@ -20,6 +20,9 @@ REST_METADATA_KEY = "rest"
 AUTHENTICATION_REQUIRED = "authentication required"
 PERMISSION_DENIED = "permission denied"
 TOO_MANY_REQUESTS = "too many requests"
+INTERNAL_ERROR = "internal error"
+SERVICE_UNAVAILABLE = "service unavailable"
+DEADLINE_EXCEEDED = "deadline exceeded"
 # HTTP status of a local reply -> (google.rpc.Code, message). None keeps Envoy's text, which for these
 # codes describes the client's own mistake (e.g. the transcoder's "Unexpected token" for bad JSON).
 # Everything else gets a fixed text: Envoy's reasons ("upstream connect error ... reset reason: ...")
@@ -34,11 +37,11 @@ LOCAL_REPLY_STATUS: dict[int, tuple[int, str | None]] = {
     413: (3, "request body too large"),  # INVALID_ARGUMENT, with HTTP 413 kept
     429: (8, TOO_MANY_REQUESTS),         # RESOURCE_EXHAUSTED
     431: (3, "request headers too large"),
-    500: (13, "internal error"),         # INTERNAL
+    500: (13, INTERNAL_ERROR),           # INTERNAL
     501: (12, None),                     # UNIMPLEMENTED: an API service this mesh does not serve (route's text)
-    502: (14, "service unavailable"),    # UNAVAILABLE: bad answer from the instance, try again
-    503: (14, "service unavailable"),    # UNAVAILABLE: no instance, or none reachable
-    504: (4, "deadline exceeded"),       # DEADLINE_EXCEEDED: the route timeout passed
+    502: (14, SERVICE_UNAVAILABLE),      # UNAVAILABLE: bad answer from the instance, try again
+    503: (14, SERVICE_UNAVAILABLE),      # UNAVAILABLE: no instance, none reachable, or none with the right identity
+    504: (4, DEADLINE_EXCEEDED),         # DEADLINE_EXCEEDED: the route timeout passed
 }
 # Any other status a local reply may have: UNKNOWN, fixed text.
 FALLBACK_STATUS = (2, "request failed")
@@ -46,8 +49,9 @@ FALLBACK_STATUS = (2, "request failed")
 # is DEADLINE_EXCEEDED (4) in gRPC terms.
 GRPC_TIMEOUT_STATUS = "4"
 # Local replies whose text native gRPC clients get as grpc-message instead of Envoy's ("Jwt is expired", "RBAC:
-# access denied", "local_rate_limited").
-GRPC_MESSAGES = {401: AUTHENTICATION_REQUIRED, 403: PERMISSION_DENIED, 429: TOO_MANY_REQUESTS}
+# access denied", "local_rate_limited", "upstream connect error or disconnect/reset before headers. ...").
+GRPC_MESSAGES = {401: AUTHENTICATION_REQUIRED, 403: PERMISSION_DENIED, 429: TOO_MANY_REQUESTS, 500: INTERNAL_ERROR,
+                 502: SERVICE_UNAVAILABLE, 503: SERVICE_UNAVAILABLE}
 # jwt_authn writes why it refused a token into its dynamic metadata at this key (failed_status_in_metadata): every
 # such refusal becomes one 401, whatever Envoy answered (it answers 403 for a token of another audience).
 JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
@@ -146,13 +150,14 @@ def _token_refused_mappers() -> list[hcm.ResponseMapper]:
 
 
 def _grpc_timeout_mapper() -> hcm.ResponseMapper:
-    return hcm.ResponseMapper(filter=_status_is(504), headers_to_add=[_header("grpc-status", GRPC_TIMEOUT_STATUS)])
+    return hcm.ResponseMapper(filter=_status_is(504), headers_to_add=[_header("grpc-status", GRPC_TIMEOUT_STATUS)],
+                              body_format_override=_text(DEADLINE_EXCEEDED))
 
 
 def build_local_reply_config() -> hcm.LocalReplyConfig:
     """Mappers, the first that matches applies: a refused token is 401 for everyone; REST local replies by
-    status -> JSON google.rpc.Status; then, for the gRPC callers left, fixed messages for 401/403/429 and
-    DEADLINE_EXCEEDED for timeouts."""
+    status -> JSON google.rpc.Status; then, for the gRPC callers left, fixed messages for 401/403/429/5xx and
+    DEADLINE_EXCEEDED for timeouts (404 and 501 keep the route's own text: "unknown service ...")."""
     mappers = [_rest_mapper(status, code, message) for status, (code, message) in LOCAL_REPLY_STATUS.items()]
     fallback = hcm.ResponseMapper(filter=_rest_request(), body_format_override=_json_status(*FALLBACK_STATUS))
     grpc = [_grpc_message_mapper(status, message) for status, message in GRPC_MESSAGES.items()]
