@@ -69,7 +69,7 @@ def envoy_gateway(log_dir: Path, consul_address: str, *, otlp: str | None = None
 
     gateway = Gateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR, route_timeout_s=ROUTE_TIMEOUT_S,
                       envoy_args=["--concurrency", str(ENVOY_WORKERS)],
-                      extra_args=["--otlp-endpoint", otlp] if otlp else [])
+                      extra_args=["--plaintext", *(["--otlp-endpoint", otlp] if otlp else [])])
     gateway.envoy.argv = pinned(gateway.envoy.argv, LOAD_CPU)
     return gateway
 

@@ -12,6 +12,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from gateway_envoy.catalog import ConsulService
 from gateway_envoy.options import GatewayOptions
+from gateway_envoy.tls import mesh_transport_socket
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Envoy allows only 3 concurrent retries per cluster by default; when an instance dies at ~1k req/s many
@@ -58,7 +59,8 @@ def http2_protocol_options() -> dict[str, AnyProto]:
 
 
 def build_cluster(service: ConsulService, options: GatewayOptions) -> cluster_pb2.Cluster:
-    """EDS cluster named after the Consul service ("users"), HTTP/2, with retry budget and outlier detection."""
+    """EDS cluster named after the Consul service ("users"), HTTP/2, with retry budget and outlier detection;
+    with the mesh identity, mTLS that accepts only an instance holding that service's certificate."""
     cluster = cluster_pb2.Cluster(
         name=service.name,
         type=cluster_pb2.Cluster.EDS,
@@ -81,6 +83,8 @@ def build_cluster(service: ConsulService, options: GatewayOptions) -> cluster_pb
     )
     for key, value in http2_protocol_options().items():
         cluster.typed_extension_protocol_options[key].CopyFrom(value)
+    if options.mesh_tls:
+        cluster.transport_socket.CopyFrom(mesh_transport_socket(service.name, options.trust_domain))
     return cluster
 
 

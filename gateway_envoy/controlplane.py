@@ -20,14 +20,17 @@ from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
 from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
 from gateway_envoy.docs import DocsSite, encode
+from gateway_envoy.edge_inputs import PolicyWatcher, follow_edge_inputs
 from gateway_envoy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions
+from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions, JwtOptions
 from gateway_envoy.reflection import GatewayReflection
 from gateway_envoy.scrape import scrape_registrations
+from gateway_envoy.snapshot import EdgeInputs
 from gateway_envoy.state import ControlPlane
 from protomesh import ConsulSettings
 from protomesh.aio import BackgroundTasks
 from protomesh.consul import ConsulClient
+from protomesh.identity import TRUST_DOMAIN
 
 log = logging.getLogger("gateway_envoy.controlplane")
 
@@ -98,8 +101,62 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                              "(default: $PROTOMESH_OTLP_ENDPOINT; empty = the gateway does not trace)")
     parser.add_argument("--tracing-sampling", type=float, default=GatewayOptions.tracing_sampling_percent,
                         metavar="PERCENT", help="share of new traces the gateway records (a caller's decision wins)")
+    _security_arguments(parser, env)
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _check_security(parser, args)
+    return args
+
+
+def _path(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
+def _security_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    group = parser.add_argument_group("security", "TLS at the edge, tokens, mTLS to services (docs/SECURITY.md)")
+    group.add_argument("--edge-identity-dir", type=_path, default=_path(env.get("PROTOMESH_EDGE_IDENTITY_DIR", "")),
+                       metavar="DIR", help="the listener's certificate: a folder with identity.pem and ca.pem, "
+                       "followed for rotation; the listener serves TLS (default: $PROTOMESH_EDGE_IDENTITY_DIR)")
+    group.add_argument("--plaintext", action="store_true",
+                       default=env.get("PROTOMESH_GATEWAY_PLAINTEXT", "") in ("1", "true"),
+                       help="a plaintext listener, for development only (default: $PROTOMESH_GATEWAY_PLAINTEXT=1)")
+    group.add_argument("--identity-dir", type=_path, default=_path(env.get("PROTOMESH_IDENTITY_DIR", "")),
+                       metavar="DIR", help="the gateway's workload identity (spiffe://<trust domain>/service/gateway):"
+                       " calls to services use mTLS and check each one's SPIFFE id (default: $PROTOMESH_IDENTITY_DIR)")
+    group.add_argument("--trust-domain", default=env.get("PROTOMESH_TRUST_DOMAIN", TRUST_DOMAIN),
+                       help=f"the mesh's SPIFFE trust domain (default: $PROTOMESH_TRUST_DOMAIN or {TRUST_DOMAIN})")
+    jwks = group.add_mutually_exclusive_group()
+    jwks.add_argument("--jwks-file", type=_path, default=_path(env.get("PROTOMESH_JWKS_FILE", "")), metavar="PATH",
+                      help="the issuer's keys (JWKS), re-read when the file changes; turns on token checks "
+                      "(default: $PROTOMESH_JWKS_FILE)")
+    jwks.add_argument("--jwks-uri", default=env.get("PROTOMESH_JWKS_URI", ""), metavar="URL",
+                      help="the issuer's JWKS URL, fetched by Envoy; turns on token checks "
+                      "(default: $PROTOMESH_JWKS_URI)")
+    group.add_argument("--jwks-ca", type=_path, default=_path(env.get("PROTOMESH_JWKS_CA", "")), metavar="PEM",
+                       help="CA bundle the JWKS URL's certificate must chain to (default: the system's roots)")
+    group.add_argument("--jwt-issuer", default=env.get("PROTOMESH_JWT_ISSUER", ""),
+                       help="the `iss` every token must carry (default: $PROTOMESH_JWT_ISSUER)")
+    audiences = [a for a in env.get("PROTOMESH_JWT_AUDIENCES", "").split(",") if a]
+    group.add_argument("--jwt-audience", action="append", default=None, metavar="AUD",
+                       help="an accepted `aud`; repeatable (default: $PROTOMESH_JWT_AUDIENCES, comma-separated)")
+    parser.set_defaults(env_audiences=audiences)
+
+
+def _check_security(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args.jwt_audience = args.jwt_audience or args.env_audiences
+    if args.plaintext and args.edge_identity_dir is not None:
+        parser.error("--plaintext and --edge-identity-dir exclude each other: the listener serves TLS or it does not")
+    if not args.plaintext and args.edge_identity_dir is None:
+        parser.error("the listener needs a certificate: pass --edge-identity-dir DIR (a folder with identity.pem and "
+                     "ca.pem), or --plaintext for a development gateway without TLS")
+    if args.jwks_file is not None and args.jwks_uri:
+        parser.error("--jwks-file and --jwks-uri exclude each other")
+    if (args.jwks_file is not None or args.jwks_uri) and not (args.jwt_issuer and args.jwt_audience):
+        parser.error("token checks need --jwt-issuer and at least one --jwt-audience")
+    if args.jwks_uri and not args.jwks_uri.startswith(("https://", "http://")):
+        parser.error(f"--jwks-uri {args.jwks_uri!r} is not an http(s) URL")
+    if args.jwks_ca is not None and not args.jwks_ca.is_file():
+        parser.error(f"--jwks-ca {args.jwks_ca}: no such file")
 
 
 def options_from(args: argparse.Namespace) -> GatewayOptions:
@@ -109,7 +166,18 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
                           request_headers_timeout_s=args.request_headers_timeout,
                           docs_address=docs_address(args), tracing_endpoint=args.otlp_endpoint,
-                          tracing_sampling_percent=args.tracing_sampling)
+                          tracing_sampling_percent=args.tracing_sampling, edge_tls=not args.plaintext,
+                          mesh_tls=args.identity_dir is not None, trust_domain=args.trust_domain,
+                          jwt=jwt_options(args))
+
+
+def jwt_options(args: argparse.Namespace) -> JwtOptions | None:
+    """The issuer to verify tokens of, when a JWKS is given (file or URL); None: the gateway checks no token."""
+    if args.jwks_file is None and not args.jwks_uri:
+        return None
+    ca = args.jwks_ca.read_bytes() if args.jwks_ca is not None else b""
+    return JwtOptions(issuer=args.jwt_issuer, audiences=tuple(dict.fromkeys(args.jwt_audience)),
+                      jwks_uri=args.jwks_uri, jwks_ca=ca)
 
 
 def docs_address(args: argparse.Namespace) -> str:
@@ -177,12 +245,15 @@ async def start_xds_server(args: argparse.Namespace, ads: AdsServer, health_serv
 
 
 async def serve(args: argparse.Namespace) -> None:
-    """Run until SIGTERM/SIGINT: first snapshot only after Consul and the descriptor were read."""
+    """Run until SIGTERM/SIGINT: first snapshot only after Consul (catalog and policy), the descriptor, the
+    certificates and the JWKS were read."""
     descriptor = await wait_for_descriptor(args.descriptor)
+    # The control plane's own token (default deny): it reads the catalog and the policy, nothing else.
     consul = ConsulClient.from_settings(ConsulSettings(address=args.consul,
                                                        token=os.environ.get("CONSUL_HTTP_TOKEN", "")))
-    plane = ControlPlane(options_from(args), descriptor)
+    plane = ControlPlane(options_from(args), descriptor, EdgeInputs())
     watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
+    policy = PolicyWatcher(consul, lambda value: plane.set_edge(policy=value))
     health_servicer = health.aio.HealthServicer()
     reflection = GatewayReflection(descriptor)
     plane.on_accepted.append(reflection.update)
@@ -195,8 +266,11 @@ async def serve(args: argparse.Namespace) -> None:
                                          envoy_admin=args.envoy_admin, version="controlplane")
     tasks = BackgroundTasks()
     tasks.start(watcher.run(), name="consul-watch")
+    tasks.start(policy.run(), name="policy-watch")
     try:
-        await _wait_ready(watcher)
+        await follow_edge_inputs(plane.set_edge, tasks, edge=args.edge_identity_dir, mesh=args.identity_dir,
+                                 jwks=args.jwks_file)
+        await _wait_ready(watcher, policy)
         plane.set_catalog(watcher.services)
         plane.rebuild()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -216,9 +290,10 @@ async def serve(args: argparse.Namespace) -> None:
         await consul.close()
 
 
-async def _wait_ready(watcher: CatalogWatcher) -> None:
-    log.info("reading Consul before serving any configuration")
+async def _wait_ready(watcher: CatalogWatcher, policy: PolicyWatcher) -> None:
+    log.info("reading Consul (catalog and security policy) before serving any configuration")
     await watcher.ready.wait()
+    await policy.ready.wait()
 
 
 async def _until_signalled() -> None:

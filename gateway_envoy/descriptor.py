@@ -12,6 +12,8 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 
+from protomesh.auth import Rule, descriptor_set_rules
+
 log = logging.getLogger("gateway_envoy.descriptor")
 
 # `make protos` replaces the file atomically; polling twice a second keeps a rollout well under a second
@@ -39,6 +41,10 @@ class Descriptor:
     retry_safe_methods: tuple[str, ...] = ()
     # gRPC paths of the methods that stream requests or responses: they get no route timeout of their own.
     streaming_methods: tuple[str, ...] = ()
+    # gRPC paths of every method, and the rule each one's contract declares with `(protomesh.v1.auth)` (methods
+    # of contracts the project does not own declare none: their rules come from the topology's policy).
+    methods: tuple[str, ...] = ()
+    declared_rules: tuple[tuple[str, Rule], ...] = ()
 
 
 def parse_descriptor(data: bytes) -> Descriptor:
@@ -60,8 +66,12 @@ def parse_descriptor(data: bytes) -> Descriptor:
     streaming = sorted(path for path, method in methods if method.client_streaming or method.server_streaming)
     retry_safe = sorted(path for path, method in methods
                         if method.options.idempotency_level in RETRY_SAFE_LEVELS and path not in streaming)
+    try:
+        declared = descriptor_set_rules(data)
+    except (TypeError, KeyError) as exc:  # the pool refuses a set whose files do not fit together
+        raise DescriptorError(f"descriptor set does not build a pool: {exc}") from exc
     return Descriptor(data, tuple(services), hashlib.sha256(data).hexdigest()[:16], tuple(retry_safe),
-                      tuple(streaming))
+                      tuple(streaming), tuple(sorted(path for path, _ in methods)), tuple(sorted(declared.items())))
 
 
 def read_descriptor(path: Path) -> Descriptor:

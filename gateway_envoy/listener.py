@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import resources
 
-from envoy.config.core.v3 import address_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.lua.v3 import lua_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf.any_pb2 import Any as AnyProto
@@ -21,9 +24,11 @@ from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from gateway_envoy.clusters import ads_source
+from gateway_envoy.edge_filters import JWT_FILTER, RATE_LIMIT_FILTER, RBAC_FILTER
 from gateway_envoy.errors import build_local_reply_config
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER
+from gateway_envoy.tls import edge_transport_socket
 from gateway_envoy.tracing import build_tracing
 
 LISTENER_NAME = "gateway"
@@ -48,8 +53,28 @@ def _typed(message: Message) -> AnyProto:
     return packed
 
 
-def rest_filter_source() -> str:
-    return resources.files("gateway_envoy").joinpath("rest_filter.lua").read_text()
+def rest_filter_source(options: GatewayOptions | None = None) -> str:
+    """The Lua filter, with the longest bearer token it lets through (0: the gateway verifies none)."""
+    jwt = options.jwt if options is not None else None
+    limit = jwt.max_token_bytes if jwt is not None else 0
+    script = resources.files("gateway_envoy").joinpath("rest_filter.lua").read_text()
+    return f"local MAX_TOKEN_BYTES = {limit}\n{script}"
+
+
+def _discovered(name: str, config_type: type[Message]) -> hcm.HttpFilter:
+    """A filter whose configuration comes over ECDS (edge_filters.py): Envoy waits for it before it opens the
+    listener, and takes each new one for the next request without touching the listener."""
+    type_url = "type.googleapis.com/" + config_type.DESCRIPTOR.full_name
+    return hcm.HttpFilter(name=name, config_discovery=config_source_pb2.ExtensionConfigSource(
+        config_source=ads_source(), type_urls=[type_url]))
+
+
+def security_filters(options: GatewayOptions) -> list[hcm.HttpFilter]:
+    """jwt_authn then rbac (when the gateway verifies tokens), then local_ratelimit: after the transcoder, so
+    each sees the gRPC path; a call refused for its token or scopes never takes a token from a bucket."""
+    filters = [_discovered(JWT_FILTER, jwt_pb2.JwtAuthentication),
+               _discovered(RBAC_FILTER, rbac_pb2.RBAC)] if options.jwt is not None else []
+    return [*filters, _discovered(RATE_LIMIT_FILTER, local_rate_limit_pb2.LocalRateLimit)]
 
 
 def build_transcoder(descriptor: bytes, services: Sequence[str], options: GatewayOptions,
@@ -78,11 +103,13 @@ def disabled_transcoder() -> transcoder_pb2.GrpcJsonTranscoder:
 
 def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManager:
     """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
-    and REST responses as returned (after the transcoder turned them into JSON)."""
+    and REST responses as returned (after the transcoder turned them into JSON); the security filters sit
+    after it (see security_filters)."""
+    lua = lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source(options)})
     filters = [
-        hcm.HttpFilter(name="envoy.filters.http.lua",
-                       typed_config=_typed(lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source()}))),
+        hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=_typed(lua)),
         hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=_typed(disabled_transcoder())),
+        *security_filters(options),
         # No x-envoy-* headers either way (x-envoy-expected-rq-timeout-ms, -upstream-service-time, ...): a
         # service sees its caller's deadline and nothing of the gateway's own.
         hcm.HttpFilter(name="envoy.filters.http.router",
@@ -110,14 +137,19 @@ def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManag
 
 
 def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
-    """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection."""
+    """REST and native gRPC share one port: HCM's AUTO codec picks HTTP/1.1 or HTTP/2 per connection (with TLS,
+    by what ALPN negotiated)."""
     manager = build_connection_manager(options)
+    chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
+        name="envoy.filters.network.http_connection_manager", typed_config=_typed(manager))])
+    if options.edge_tls:
+        # The certificate is the SDS secret `edge`: Envoy opens the port only once it has it.
+        chain.transport_socket.CopyFrom(edge_transport_socket())
     return listener_pb2.Listener(
         name=LISTENER_NAME,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
             address=options.listen_host, port_value=options.listen_port)),
         # Also the most a REST request body may be: the Lua filter buffers it, past this Envoy answers 413.
         per_connection_buffer_limit_bytes=UInt32Value(value=options.max_request_bytes),
-        filter_chains=[listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
-            name="envoy.filters.network.http_connection_manager", typed_config=_typed(manager))])],
+        filter_chains=[chain],
     )

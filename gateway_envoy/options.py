@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from protomesh.identity import TRUST_DOMAIN
+
 # Documented local defaults (ARCHITECTURE.md): REST + gRPC on 8080, xDS on 18000.
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 DEFAULT_LISTEN_PORT = 8080
@@ -21,6 +23,31 @@ DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 # Long enough for any real client on a slow link: one that has not sent its request headers by then is
 # holding a connection open, and gets 408.
 DEFAULT_REQUEST_HEADERS_TIMEOUT_S = 10.0
+# Clocks of the issuer and the gateway may disagree by this much on `exp` and `nbf` (the mesh's documented skew).
+DEFAULT_CLOCK_SKEW_S = 30
+# A bearer token longer than this is refused (401) before it is parsed: the verified payload travels to every
+# service as x-protomesh-claims, which the runtime reads up to 8 KiB (protomesh.auth.MAX_CLAIMS_BYTES).
+DEFAULT_MAX_TOKEN_BYTES = 8192
+# How long Envoy keeps a remote JWKS before fetching it again: an issuer publishes a new key well before it
+# signs with it, and a compromised key must not stay trusted for long.
+DEFAULT_JWKS_CACHE_S = 300.0
+
+
+@dataclass(frozen=True)
+class JwtOptions:
+    """One token issuer: who signs (issuer), for whom (audiences), and where its keys are.
+
+    The keys are a JWKS document the control plane reads from a file and inlines (`jwks_uri` empty), or the
+    issuer's JWKS URL that Envoy fetches itself (`jwks_uri`, checked against `jwks_ca` PEM or the system roots).
+    """
+
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_uri: str = ""
+    jwks_ca: bytes = b""
+    clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
+    max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES
+    jwks_cache_s: float = DEFAULT_JWKS_CACHE_S
 
 
 @dataclass(frozen=True)
@@ -43,3 +70,10 @@ class GatewayOptions:
     tracing_endpoint: str = ""
     # Share of new traces the gateway records, in percent (a caller's sampled traceparent is always followed).
     tracing_sampling_percent: float = 100.0
+    # TLS on the listener with the edge certificate (SDS secret `edge`); False is the plaintext dev setting.
+    edge_tls: bool = False
+    # mTLS to every service cluster with the gateway's workload identity (SDS secrets `mesh` and `mesh-ca`).
+    mesh_tls: bool = False
+    trust_domain: str = TRUST_DOMAIN
+    # Bearer tokens verified at the edge (jwt_authn + rbac); None = no authentication at the gateway.
+    jwt: JwtOptions | None = None

@@ -41,6 +41,10 @@ NO_CAP = 0
 NUM_RETRIES = 2
 # How often Envoy re-picks a host to honour previous_hosts before it settles for a repeat.
 HOST_SELECTION_ATTEMPTS = 5
+# A limited method's routes carry its path in their metadata (namespace, key); the local_ratelimit filter makes it
+# the value of its descriptor and holds one token bucket per value (edge_filters.build_rate_limit).
+RATE_LIMIT_METADATA = ("protomesh.gateway", "rate_limit")
+RATE_LIMIT_DESCRIPTOR = "protomesh_method"
 # First retry backoff; Envoy's default (25 ms) doubles per try, capped at 10x. A crashed instance
 # refuses instantly, so the retry should go out almost at once.
 RETRY_BASE_INTERVAL_MS = 10
@@ -101,34 +105,45 @@ def _action(cluster: str, retry_on: str, *, timeout_s: float | None) -> route_co
     return action
 
 
+def _rate_limited(route: route_components_pb2.Route, path: str | None) -> route_components_pb2.Route:
+    """The route, naming the method's token bucket when it has one: every route of the method names the same."""
+    if path is not None:
+        namespace, key = RATE_LIMIT_METADATA
+        route.metadata.filter_metadata[namespace].update({key: path})
+    return route
+
+
 def _unary(name: str, match: route_components_pb2.RouteMatch, cluster: str, retry_on: str,
-           options: GatewayOptions) -> list[route_components_pb2.Route]:
+           options: GatewayOptions, limited: str | None = None) -> list[route_components_pb2.Route]:
     """A call with a deadline gets exactly its deadline; one without (every REST call) the route timeout."""
-    return [
+    return [_rate_limited(route, limited) for route in (
         route_components_pb2.Route(name=f"{name} (deadline)", match=_with_deadline(match),
                                    route=_action(cluster, retry_on, timeout_s=None)),
         route_components_pb2.Route(name=name, match=match,
                                    route=_action(cluster, retry_on, timeout_s=options.route_timeout_s)),
-    ]
+    )]
 
 
-def _stream(path: str, cluster: str, retry_on: str) -> route_components_pb2.Route:
+def _stream(path: str, cluster: str, retry_on: str, limited: str | None = None) -> route_components_pb2.Route:
     """A streaming method lives until its deadline or cancellation; only a stream idle for minutes is ended."""
     action = _action(cluster, retry_on, timeout_s=None)
     action.idle_timeout.CopyFrom(_duration_ms(STREAM_IDLE_TIMEOUT_S * 1000))
-    return route_components_pb2.Route(name=path, match=_method_match(path), route=action)
+    return _rate_limited(route_components_pb2.Route(name=path, match=_method_match(path), route=action), limited)
 
 
 def _service(grpc_service: str, cluster: str, options: GatewayOptions, methods: MethodKinds,
              ) -> list[route_components_pb2.Route]:
-    """The routes of one served service: its streaming and retry-safe methods first, then its prefix."""
+    """The routes of one served service: its streaming, retry-safe and rate-limited methods first, then its
+    prefix."""
     routes: list[route_components_pb2.Route] = []
-    for path in sorted(p for p in {*methods.streaming, *methods.retry_safe} if p.startswith(f"/{grpc_service}/")):
+    own = {*methods.streaming, *methods.retry_safe, *methods.rate_limited}
+    for path in sorted(p for p in own if p.startswith(f"/{grpc_service}/")):
         retry_on = RETRY_ON_SAFE_METHOD if path in methods.retry_safe else RETRY_ON
+        limited = path if path in methods.rate_limited else None
         if path in methods.streaming:
-            routes.append(_stream(path, cluster, retry_on))
+            routes.append(_stream(path, cluster, retry_on, limited))
         else:
-            routes += _unary(path, _method_match(path), cluster, retry_on, options)
+            routes += _unary(path, _method_match(path), cluster, retry_on, options, limited)
     return routes + _unary(grpc_service, _match(grpc_service), cluster, RETRY_ON, options)
 
 
@@ -170,6 +185,7 @@ class MethodKinds:
 
     retry_safe: frozenset[str] = frozenset()   # unary, NO_SIDE_EFFECTS or IDEMPOTENT
     streaming: frozenset[str] = frozenset()    # client-, server- or bidi-streaming
+    rate_limited: frozenset[str] = frozenset()  # with a token bucket of their own (the topology's policy)
 
 
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,

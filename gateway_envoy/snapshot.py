@@ -10,23 +10,52 @@ from dataclasses import dataclass, field
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.message import Message
 
+from gateway_envoy.access import AccessRules, access_rules
 from gateway_envoy.catalog import Catalog, routable
 from gateway_envoy.clusters import build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.docs import DOCS_CLUSTER, docs_cluster, docs_routes
+from gateway_envoy.edge_filters import (
+    JWKS_CLUSTER,
+    JWT_FILTER,
+    RATE_LIMIT_FILTER,
+    RBAC_FILTER,
+    build_jwt_authn,
+    build_rate_limit,
+    build_rbac,
+    extension_config,
+    jwks_cluster,
+)
 from gateway_envoy.listener import LISTENER_NAME, build_listener, build_transcoder
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, MethodKinds, build_route_config, service_routes
+from gateway_envoy.tls import build_secrets
 from gateway_envoy.tracing import COLLECTOR_CLUSTER, build_collector_cluster
+from protomesh.auth import Policy
+from protomesh.identity import Credentials
 
 _TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER_TYPE = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT_TYPE = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER_TYPE = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE_TYPE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
-# Order in which a change is pushed: make before break (new clusters and their endpoints exist before
-# a route points at them). Envoy itself asks for CDS and LDS first, then EDS and RDS while warming.
-PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+SECRET_TYPE = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION_CONFIG_TYPE = _TYPE_PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
+# Order in which a change is pushed: make before break (secrets before what presents them, new clusters and their
+# endpoints before a route points at them, a filter's new rules before the routes that name new buckets). Envoy
+# itself asks for CDS and LDS first, then SDS, EDS, ECDS and RDS while warming.
+PUSH_ORDER = (SECRET_TYPE, CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, EXTENSION_CONFIG_TYPE, ROUTE_TYPE)
+
+
+@dataclass(frozen=True)
+class EdgeInputs:
+    """What the edge's TLS and security filters are built from besides the contracts: the certificates read
+    from the identity folders, the JWKS read from its file, and the policy read from Consul."""
+
+    edge: Credentials | None = None
+    mesh: Credentials | None = None
+    jwks: str = ""
+    policy: Policy = field(default_factory=Policy)
 
 
 @dataclass(frozen=True)
@@ -79,6 +108,10 @@ class _Packer:
         resource.Pack(build(), deterministic=True)
         return resource
 
+    def built(self, type_url: str, name: str, message: Message) -> AnyProto:
+        """A resource that is cheap to build (its own input): packed again only when it changed."""
+        return self.get(type_url, name, message, lambda: message)
+
 
 def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequence[str]) -> tuple[str, ...]:
     """Every service of the descriptor, plus any previously transcoded service still announced in Consul.
@@ -91,35 +124,66 @@ def transcoded_services(descriptor: Descriptor, catalog: Catalog, previous: Sequ
     return tuple(sorted(s for s in set(descriptor.services) | kept if routable(s)))
 
 
+def _extension_configs(packer: _Packer, options: GatewayOptions, access: AccessRules,
+                       edge: EdgeInputs) -> dict[str, AnyProto]:
+    """The ECDS resources of the listener's security filters (edge_filters.py)."""
+    configs = {RATE_LIMIT_FILTER: packer.get(EXTENSION_CONFIG_TYPE, RATE_LIMIT_FILTER, access.rate_limits,
+                                             lambda: extension_config(RATE_LIMIT_FILTER, build_rate_limit(access)))}
+    jwt = options.jwt
+    if jwt is not None:
+        configs[JWT_FILTER] = packer.get(EXTENSION_CONFIG_TYPE, JWT_FILTER, (jwt, edge.jwks, access.rules), lambda: (
+            extension_config(JWT_FILTER, build_jwt_authn(jwt, edge.jwks, access))))
+        configs[RBAC_FILTER] = packer.get(EXTENSION_CONFIG_TYPE, RBAC_FILTER, access.rules,
+                                          lambda: extension_config(RBAC_FILTER, build_rbac(access)))
+    return configs
+
+
+def _own_clusters(packer: _Packer, options: GatewayOptions) -> dict[str, AnyProto]:
+    """The clusters of the gateway's own: the docs server, the trace collector, the issuer's JWKS endpoint."""
+    clusters = {}
+    if options.docs_address:
+        clusters[DOCS_CLUSTER] = packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))
+    collector = build_collector_cluster(options)
+    if collector is not None:
+        clusters[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
+    jwt = options.jwt
+    if jwt is not None and jwt.jwks_uri:
+        clusters[JWKS_CLUSTER] = packer.get(CLUSTER_TYPE, JWKS_CLUSTER, options,
+                                            lambda: jwks_cluster(jwt, options.connect_timeout_s))
+    return clusters
+
+
 def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequence[str],
                    options: GatewayOptions, previous: Snapshot | None = None,
-                   expected: Collection[str] = ()) -> Snapshot:
+                   expected: Collection[str] = (), edge: EdgeInputs | None = None) -> Snapshot:
     """Pure: the same inputs always give the same resources and versions; `previous` only saves work.
 
     `expected` names the gRPC services the mesh expects though none may be announced now (see routes.py).
     """
     packer, transcoded, expected = _Packer(previous), tuple(transcoded), tuple(sorted(expected))
+    edge = edge or EdgeInputs()
+    access = access_rules(descriptor, edge.policy)
     listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
-    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, (owners, transcoded, options, descriptor.digest, expected),
-                        lambda: build_route_config(catalog, transcoded, options, MethodKinds(
-                                                       frozenset(descriptor.retry_safe_methods),
-                                                       frozenset(descriptor.streaming_methods)),
+    kinds = MethodKinds(frozenset(descriptor.retry_safe_methods), frozenset(descriptor.streaming_methods),
+                        access.limited_paths)
+    key = (owners, transcoded, options, descriptor.digest, expected, kinds)
+    routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, key,
+                        lambda: build_route_config(catalog, transcoded, options, kinds,
                                                    build_transcoder(descriptor.data, transcoded, options),
                                                    expected, docs_routes(options)))
-    docs = {DOCS_CLUSTER: packer.get(CLUSTER_TYPE, DOCS_CLUSTER, options, lambda: docs_cluster(options))
-            } if options.docs_address else {}
-    collector = build_collector_cluster(options)
-    if collector is not None:
-        docs[COLLECTOR_CLUSTER] = packer.get(CLUSTER_TYPE, COLLECTOR_CLUSTER, options, lambda: collector)
+    secrets = {name: packer.built(SECRET_TYPE, name, secret)
+               for name, secret in build_secrets(edge.edge, edge.mesh).items()}
     parts = {
+        SECRET_TYPE: _by_name(secrets),
         CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
                                                  functools.partial(build_cluster, svc, options))
-                                for name, svc in catalog.items()} | docs),
+                                for name, svc in catalog.items()} | _own_clusters(packer, options)),
         ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
                                                   functools.partial(build_load_assignment, svc))
                                  for name, svc in catalog.items()}),
         LISTENER_TYPE: _by_name({LISTENER_NAME: listener}),
+        EXTENSION_CONFIG_TYPE: _by_name(_extension_configs(packer, options, access, edge)),
         ROUTE_TYPE: _by_name({ROUTE_CONFIG_NAME: routes}),
     }
     return Snapshot(

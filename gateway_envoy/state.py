@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.catalog import ConsulService, merge_last_known_good, package_owner
 from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.options import GatewayOptions
-from gateway_envoy.snapshot import ROUTE_TYPE, Snapshot, build_snapshot, transcoded_services
+from gateway_envoy.snapshot import ROUTE_TYPE, EdgeInputs, Snapshot, build_snapshot, transcoded_services
 
 log = logging.getLogger("gateway_envoy.state")
 
@@ -36,9 +38,10 @@ class ControlPlane:
     accepted descriptor keeps serving until the file changes again.
     """
 
-    def __init__(self, options: GatewayOptions, descriptor: Descriptor) -> None:
+    def __init__(self, options: GatewayOptions, descriptor: Descriptor, edge: EdgeInputs | None = None) -> None:
         self.options = options
         self.metrics = ControlPlaneMetrics()
+        self.edge = edge or EdgeInputs()
         self.ads = AdsServer(on_ack=self.on_ack, on_nack=self.on_nack, metrics=self.metrics)
         self.candidate = descriptor
         self.accepted: _Build | None = None
@@ -69,7 +72,8 @@ class ControlPlane:
         self.announced.update(s for service in self.catalog.values() for s in service.grpc_services)
         expected = {s for s in descriptor.services
                     if s in self.announced or package_owner(s) in self.options.expected_services}
-        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot, expected)
+        snapshot = build_snapshot(self.catalog, descriptor, transcoded, self.options, self.snapshot, expected,
+                                  self.edge)
         self._remember(snapshot.versions[ROUTE_TYPE], _Build(descriptor, transcoded))
         if self.snapshot is None or snapshot.versions != self.snapshot.versions:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,
@@ -87,6 +91,11 @@ class ControlPlane:
     def set_catalog(self, catalog: Mapping[str, ConsulService]) -> None:
         """New raw Consul state; the rebuild happens after the coalescing window (see run_coalescer)."""
         self.raw_catalog = dict(catalog)
+        self._dirty.set()
+
+    def set_edge(self, **changes: Any) -> None:
+        """New edge inputs (certificates, JWKS, policy: EdgeInputs' fields), pushed after the coalescing window."""
+        self.edge = dataclasses.replace(self.edge, **changes)
         self._dirty.set()
 
     async def set_descriptor(self, descriptor: Descriptor) -> None:
@@ -130,6 +139,10 @@ class ControlPlane:
             "descriptor": {"candidate": self.candidate.digest, "rejected": sorted(self.rejected),
                            "accepted": self.accepted.descriptor.digest if self.accepted else None},
             "transcoded": list(self.snapshot.transcoded) if self.snapshot else [],
+            "security": {"edge_tls": self.options.edge_tls, "mesh_tls": self.options.mesh_tls,
+                         "tokens": self.options.jwt is not None,
+                         "policy": {"rules": len(self.edge.policy.rules),
+                                    "rate_limits": len(self.edge.policy.rate_limits)}},
             "services": {name: {"grpc_services": list(svc.grpc_services),
                                 "endpoints": [f"{e.address}:{e.port}" for e in svc.endpoints]}
                          for name, svc in sorted(self.catalog.items())},

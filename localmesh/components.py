@@ -91,7 +91,7 @@ class MeshContext:
             topology = self.topology
             controlplane = topology.of_kind("controlplane")
             env = self.environment(controlplane) if controlplane is not None else dict(self.environ)
-            secured: list[str] = []
+            secured = ["--plaintext"]  # security off: a plaintext gateway that checks no token
             if self.security is not None:
                 env["CONSUL_HTTP_TOKEN"] = self.security.token(acl.CONTROLPLANE)
                 secured = self.security.gateway_arguments()

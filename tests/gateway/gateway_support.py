@@ -117,9 +117,12 @@ def start_stack(workdir: Path, descriptor: Path) -> Stack:
     watched = workdir / "protomesh.binpb"
     shutil.copyfile(descriptor, watched)
     # users and notifications are declared (as a topology would); orders is in the API but nobody declares it.
+    # The plaintext dev listener without token checks: these suites look at routing and transcoding (the secured
+    # gateway has its own, test_gateway_security.py).
     gateway = Gateway(workdir / "logs", consul_address=consul.address, descriptor=watched,
                       route_timeout_s=TEST_ROUTE_TIMEOUT_S,
-                      extra_args=["--expect", DECLARED, "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S)])
+                      extra_args=["--plaintext", "--expect", DECLARED,
+                                  "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S)])
     users = UsersInstances(consul, workdir)
     stack = Stack(consul, gateway, users, watched, workdir)
     try:

@@ -164,7 +164,9 @@ def test_the_routes_carry_the_transcoder_with_status_conversion_and_strict_valid
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert manager.codec_type == hcm.HttpConnectionManager.AUTO
     names = [f.name for f in manager.http_filters]
-    assert names == ["envoy.filters.http.lua", TRANSCODER_FILTER, "envoy.filters.http.router"]
+    # Without token checks (no JWKS) the security filters are the rate limit alone (test_gateway_edge_builders.py).
+    assert names == ["envoy.filters.http.lua", TRANSCODER_FILTER, "envoy.filters.http.local_ratelimit",
+                     "envoy.filters.http.router"]
     routes = route_pb2.RouteConfiguration()
     snapshot.resources[ROUTE_TYPE]["protomesh"].Unpack(routes)
     transcoder = transcoder_pb2.GrpcJsonTranscoder()

@@ -68,9 +68,10 @@ def test_the_docs_cluster_is_static_on_an_ip_and_resolved_by_dns_on_a_container_
 
 
 def test_the_docs_address_defaults_to_the_status_port_only_when_there_are_docs() -> None:
-    assert docs_address_of(parse_args(["--status-port", "7"], env={})) == ""
-    assert docs_address_of(parse_args(["--status-port", "7", "--openapi", "x.json"], env={})) == "127.0.0.1:7"
-    flagged = parse_args(["--status-port", "7", "--openapi", "x", "--docs-address", "controlplane:7"], env={})
+    dev = ["--plaintext"]
+    assert docs_address_of(parse_args([*dev, "--status-port", "7"], env={})) == ""
+    assert docs_address_of(parse_args([*dev, "--status-port", "7", "--openapi", "x.json"], env={})) == "127.0.0.1:7"
+    flagged = parse_args([*dev, "--status-port", "7", "--openapi", "x", "--docs-address", "controlplane:7"], env={})
     assert docs_address_of(flagged) == "controlplane:7"
 
 

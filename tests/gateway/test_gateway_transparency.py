@@ -93,6 +93,21 @@ async def test_no_answer_names_the_gateway_in_its_headers(stack: Stack, probe: P
     assert [name for name in metadata if name.startswith("x-envoy-")] == []
 
 
+async def test_a_clients_own_claims_header_never_reaches_a_service(stack: Stack, probe: Probe) -> None:
+    """Services trust x-protomesh-claims from the gateway: the Lua filter removes a client's own even when the
+    gateway checks no token (jwt_authn, when on, would drop it too)."""
+    forged = {"x-protomesh-claims": "eyJzdWIiOiAibWFsbG9yeSJ9"}
+    async with grpc.aio.insecure_channel(stack.gateway.address) as channel:
+        seen = await _call(probe, channel, "Inspect", "InspectRequest", "InspectResponse")(
+            probe.messages["InspectRequest"](), timeout=5, metadata=tuple(forged.items()))
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.gateway.url}/v1/probe:inspect",
+                                                               headers=forged) as response:
+        body = await response.json()
+    step("the service saw over gRPC %s, over REST %s", list(seen.header_names), body["headerNames"])
+    assert "x-protomesh-claims" not in seen.header_names
+    assert "x-protomesh-claims" not in body["headerNames"]
+
+
 async def test_a_handler_answering_unavailable_runs_once_unless_its_method_is_retry_safe(
         stack: Stack, probe: Probe) -> None:
     async with grpc.aio.insecure_channel(stack.gateway.address) as channel:

@@ -42,8 +42,9 @@ def _start_mesh(workdir: Path) -> Mesh:
     consul = ConsulAgent(workdir / "logs")
     consul.start()
     # The route timeout `make up` uses, not the tests' short one: this suite checks what users get.
+    # The plaintext dev listener without token checks: grpc-go's client speaks to it as to any gRPC server.
     gateway = Gateway(workdir / "logs", consul_address=consul.address, descriptor=descriptor,
-                      route_timeout_s=DEFAULT_ROUTE_TIMEOUT_S)
+                      route_timeout_s=DEFAULT_ROUTE_TIMEOUT_S, extra_args=["--plaintext"])
     env = {**os.environ, "CONSUL_HTTP_ADDR": consul.address, "INTEROP_LOG_LEVEL": "WARNING",
            "INTEROP_SERVER__GRACE_S": "1", "INTEROP_SERVER__DRAIN_S": "0"}
     service = ManagedProcess(SERVICE, [sys.executable, str(SERVICE_SCRIPT)], log_dir=workdir / "logs",
