@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -18,6 +19,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from protomesh import _context
+from protomesh._authz import CallGuard, Denied, Unchecked
+from protomesh.auth import CLAIMS_KEY, Caller, bind_caller, reset_caller
 from protomesh.errors import DomainError, InvalidArgument
 
 ACCESS_LOGGER = logging.getLogger("protomesh.access")
@@ -37,7 +40,8 @@ _Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
 class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
-    """Correlation id, call context (`protomesh._context`), DomainError -> status and access log per call.
+    """Correlation id, call context (`protomesh._context`), the caller (`protomesh.caller()`) and its
+    authorization, DomainError -> status and access log per call.
 
     grpc.aio asks every interceptor for the handler on every call, so the wrapped handler is built once per
     method and then served from a dict. That cache makes this interceptor the innermost one: place it last
@@ -50,12 +54,18 @@ class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
     tiny call's server CPU, see bench/runtime_overhead.py) but reaches REST clients as a response header.
     Errors always carry it in trailing metadata (an error answered before any message is sent as a gRPC
     "trailers-only" response, i.e. in the HTTP response headers).
+
+    `guard` authorizes each call before its request is read (`protomesh._authz.Authorizer` with mTLS); the
+    default trusts everyone and reports any claims a call carries. Plumbing (health, reflection) is served
+    untouched unless the guard gates it (with mTLS, Consul's agent may call health only).
     """
 
     def __init__(self, *, echo: Literal["trailing", "initial"] = "trailing",
-                 pass_through_prefixes: Sequence[str] = DEFAULT_PASS_THROUGH_PREFIXES) -> None:
+                 pass_through_prefixes: Sequence[str] = DEFAULT_PASS_THROUGH_PREFIXES,
+                 guard: CallGuard | None = None) -> None:
         self._echo_initial = echo == "initial"
         self._pass_through = tuple(pass_through_prefixes)
+        self._guard: CallGuard = guard or Unchecked()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -69,43 +79,73 @@ class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
             found = await continuation(handler_call_details)
             if found is None:  # unknown method: not cached, so probing names cannot grow the dict
                 return None
-            if method.startswith(self._pass_through):
-                handler = found
+            if not method.startswith(self._pass_through):
+                handler = wrap_handler(method, found, echo_initial=self._echo_initial, guard=self._guard)
+            elif self._guard.gates_plumbing(method):
+                handler = _gated(method, found, self._guard)
             else:
-                handler = wrap_handler(method, found, echo_initial=self._echo_initial)
+                handler = found
             self._handlers[method] = handler
         return handler
 
 
-def default_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors a protomesh Server uses when it is given none."""
-    return [ProtomeshInterceptor()]
+def default_interceptors(*, guard: CallGuard | None = None) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors a protomesh Server uses when it is given none (guard: see ProtomeshInterceptor)."""
+    return [ProtomeshInterceptor(guard=guard)]
 
 
-def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *,
-                 echo_initial: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Callable[..., Any]]:
+    """The handler's behavior and the grpc factory that makes a handler of the same kind."""
+    if handler.request_streaming and handler.response_streaming:
+        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    if handler.request_streaming:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+
+def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *, echo_initial: bool = False,
+                 guard: CallGuard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behavior run inside the protomesh call wrapper (sync ones are left alone)."""
     deserializer, serializer = handler.request_deserializer, handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    behavior, factory = _behavior(handler)
+    guard = guard or Unchecked()
     # grpc.aio picks how to drive a handler by inspecting it (coroutine function, async generator
     # function, or plain function run in a thread), so the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-        wrapped = _wrap_async_generator(method, behavior, echo_initial, handler.request_streaming)
+        wrapped = _wrap_async_generator(method, behavior, echo_initial, handler.request_streaming, guard)
     elif inspect.iscoroutinefunction(behavior):
-        wrapped = _wrap_coroutine(method, behavior, echo_initial, handler.request_streaming)
+        wrapped = _wrap_coroutine(method, behavior, echo_initial, handler.request_streaming, guard)
     else:
-        # Typically a method the servicer does not implement (the generated base class's sync stub).
+        # Typically a method the servicer does not implement (the generated base class's sync stub): served
+        # without the call wrapper, never without the guard.
         _LOG.warning("%s is served by a sync function, without the protomesh interceptor", method)
-        return handler
+
+        def authorize(context: Any) -> contextvars.Token[Caller | None]:
+            return bind_caller(guard.authorize(context, method, _incoming(context.invocation_metadata())[1]))
+
+        wrapped = _guarded_sync(behavior, authorize)
+        deserializer = handler.request_deserializer
     result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, _lenient(deserializer), serializer)
     return result
+
+
+def _guarded_sync(behavior: _Behavior, check: Callable[[Any], contextvars.Token[Caller | None] | None]) -> _Behavior:
+    """A sync behavior (grpc runs it on a thread of its executor) that first passes check, or is aborted."""
+    def guarded(request: Any, context: Any) -> Any:
+        try:
+            token = check(context)
+        except Denied as denied:
+            context.abort(denied.code, denied.message)  # the sync context's abort raises
+            raise AssertionError("context.abort() returned") from None
+        try:
+            return behavior(request, context)
+        finally:
+            if token is not None:  # the executor's thread serves other calls next
+                reset_caller(token)
+
+    return guarded
 
 
 class _UnparsableRequest(Exception):
@@ -170,12 +210,14 @@ async def _settle_if_ended(request: Any) -> None:
         await asyncio.sleep(CANCEL_SETTLE_S)
 
 
-def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
+def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool,
+                    guard: CallGuard) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
-        cid = _begin(context, echo_initial)
+        cid, claims = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
+            bind_caller(guard.authorize(context, method, claims))
             request = _prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
@@ -185,6 +227,9 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, stream
             return response
         except grpc.aio.AbortError:  # the handler aborted itself: its status stands
             raise
+        except Denied as denied:
+            code = denied.code
+            await _abort(context, _plain_status(denied.code, denied.message), cid)
         except _UnparsableRequest:
             code = _UNPARSABLE_STATUS[0]
             await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
@@ -202,12 +247,14 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, stream
     return handle
 
 
-def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
+def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool,
+                          guard: CallGuard) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        cid = _begin(context, echo_initial)
+        cid, claims = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
+            bind_caller(guard.authorize(context, method, claims))
             request = _prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
@@ -217,6 +264,9 @@ def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, 
             _keep_correlation_id(context, cid, echo_initial)
         except grpc.aio.AbortError:
             raise
+        except Denied as denied:
+            code = denied.code
+            await _abort(context, _plain_status(denied.code, denied.message), cid)
         except _UnparsableRequest:
             code = _UNPARSABLE_STATUS[0]
             await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
@@ -249,16 +299,18 @@ def _outcome(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | N
     return code
 
 
-def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> str:
-    """Adopt or mint the correlation id and bind the call context (`protomesh._context`) for the handler.
+def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> tuple[str, str | None]:
+    """Adopt or mint the correlation id and bind the call context (`protomesh._context`) for the handler;
+    returns it with the call's claims as they came (checked by the guard next).
 
     No reset afterwards: grpc.aio runs every call in its own asyncio task, whose context copy ends with it.
     """
-    cid = _incoming_correlation_id(context.invocation_metadata()) or os.urandom(8).hex()
+    incoming, claims = _incoming(context.invocation_metadata())
+    cid = incoming or os.urandom(8).hex()
     if not echo_initial:
         context.set_trailing_metadata(((_context.CORRELATION_ID_KEY, cid),))
     _context.bind_call(cid, context.time_remaining())
-    return cid
+    return cid, claims
 
 
 def _keep_correlation_id(context: grpc.aio.ServicerContext[Any, Any], cid: str, echo_initial: bool) -> None:
@@ -277,13 +329,55 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Statu
     raise AssertionError("context.abort() returned")  # grpc raises AbortError; keeps the types honest
 
 
-def _incoming_correlation_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+def _incoming(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str | None, str | None]:
+    """The call's correlation id (when usable) and claims value, each the first of its key, in one pass."""
+    cid: str | None = None
+    claims: str | None = None
+    seen_cid = seen_claims = False
     for key, value in metadata or ():
-        if key == _context.CORRELATION_ID_KEY:
+        if key == _context.CORRELATION_ID_KEY and not seen_cid:
+            seen_cid = True
             if isinstance(value, str) and 0 < len(value) <= MAX_CORRELATION_ID_LENGTH:
-                return value
-            return None
-    return None
+                cid = value
+        elif key == CLAIMS_KEY and not seen_claims:
+            seen_claims = True
+            claims = value if isinstance(value, str) else None
+        if seen_cid and seen_claims:
+            break
+    return cid, claims
+
+
+def _gated(method: str, handler: grpc.RpcMethodHandler[Any, Any], guard: CallGuard) -> grpc.RpcMethodHandler[Any, Any]:
+    """A plumbing handler (reflection) behind guard.admits_plumbing, otherwise untouched."""
+    behavior, factory = _behavior(handler)
+
+    async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            guard.admits_plumbing(context, method)
+        except Denied as denied:
+            await context.abort(denied.code, denied.message)
+
+    if inspect.isasyncgenfunction(behavior):
+        async def gated_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await admit(context)
+            async for response in behavior(request, context):
+                yield response
+
+        gated: _Behavior = gated_stream
+    elif inspect.iscoroutinefunction(behavior):
+        async def gated_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await admit(context)
+            return await behavior(request, context)
+
+        gated = gated_call
+    else:
+        def admit_sync(context: Any) -> None:
+            guard.admits_plumbing(context, method)
+
+        gated = _guarded_sync(behavior, admit_sync)
+    result: grpc.RpcMethodHandler[Any, Any] = factory(gated, handler.request_deserializer,
+                                                      handler.response_serializer)
+    return result
 
 
 def _status_for(error: Exception, method: str, cid: str) -> grpc.Status:
