@@ -32,7 +32,9 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} [A-Z]+ [\w.]+ .+$
 
 
 def _env(consul_agent: ConsulAgent, **extra: str) -> dict[str, str]:
-    return {"CONSUL_HTTP_ADDR": consul_agent.address, "APPTEST_SERVER__DRAIN_S": "0", **extra}
+    # These tests are about the lifecycle; test_app_secured.py runs serve() with mTLS, ACLs and intentions.
+    return {"CONSUL_HTTP_ADDR": consul_agent.address, "APPTEST_SERVER__DRAIN_S": "0",
+            "APPTEST_SECURITY__MODE": "off", **extra}
 
 
 async def _passing(consul_agent: ConsulAgent, service: str) -> list[dict[str, Any]]:
@@ -174,7 +176,8 @@ async def test_a_wildcard_host_without_advertise_host_fails_before_serving(consu
 
 
 def _slow_service(consul_address: str, tmp_path: Path, **extra: str) -> ManagedProcess:
-    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_address, "PROTOMESH_CONFIG_DIR": str(tmp_path), **extra}
+    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_address, "PROTOMESH_CONFIG_DIR": str(tmp_path),
+           "SLOWSVC_SECURITY__MODE": "off", **extra}
     return ManagedProcess(SLOW_SERVICE, [sys.executable, str(SLOW_SERVICE_SCRIPT)], log_dir=tmp_path / "logs",
                           env=env, cwd=project_root())
 
