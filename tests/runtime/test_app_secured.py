@@ -137,11 +137,12 @@ async def test_a_call_from_a_service_without_an_intention_is_denied(consul: Secu
                                                                    tmp_path: Path) -> None:
     await asyncio.to_thread(consul.replace_intentions, [Intention("gateway", SERVICE)])
     env = _env(consul, pki.folder_for(APPTEST))
-    async with await serve(SERVICE, ServiceSettings, _relaying_build, env=env, config_dir=tmp_path) as running:
-        async with secure_channel(pki.identity(Workload.service("orders")), running.port, SERVICE) as channel:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await users_service_pb2_grpc.UserServiceStub(channel).GetUser(
-                    users_service_pb2.GetUserRequest(user_id="u-1"), timeout=5)
+    orders = pki.identity(Workload.service("orders"))
+    async with await serve(SERVICE, ServiceSettings, _relaying_build, env=env, config_dir=tmp_path) as running, \
+            secure_channel(orders, running.port, SERVICE) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await users_service_pb2_grpc.UserServiceStub(channel).GetUser(
+                users_service_pb2.GetUserRequest(user_id="u-1"), timeout=5)
 
     assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
