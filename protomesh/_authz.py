@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -117,7 +117,7 @@ class Authorizer:
         self._intentions = intentions or Intentions()
         self._policy = policy or Policy()
         self._verdicts: dict[tuple[bytes | None, str], _Verdict] = {}
-        self._denials = _DenialLog()
+        self._denials = DenialLog()
 
     def update(self, intentions: Intentions, policy: Policy) -> None:
         """Decide from these from the next call on (cached verdicts are dropped)."""
@@ -189,17 +189,20 @@ class Authorizer:
         return Denied(code, message)
 
 
-class _DenialLog:
+class DenialLog:
     """One WARNING line per denial, naming both identities, the method and why; repeats are counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = DENIAL_LOG_INTERVAL_S, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
         self._last: dict[tuple[str, str, grpc.StatusCode], tuple[float, int]] = {}
 
     def record(self, source: str, destination: str, method: str, code: grpc.StatusCode, reason: str) -> None:
         key = (source, method, code)
-        now = time.monotonic()
+        now = self._clock()
         last, suppressed = self._last.get(key, (float("-inf"), 0))
-        if now - last < DENIAL_LOG_INTERVAL_S:
+        if now - last < self._interval_s:
             self._last[key] = (last, suppressed + 1)
             return
         if len(self._last) >= MAX_CACHED_VERDICTS:
