@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from types import MappingProxyType
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +30,9 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 # Verdicts are cached per (peer, method). Peers hold certificates of the mesh CA and methods are the served
 # ones, so the key space is small; the cap only bounds memory should a CA issue identities without end.
 MAX_CACHED_VERDICTS = 10_000
+# Decoded claims by their metadata value: a caller sends the same token for minutes, and decoding (base64 and
+# JSON) costs several µs. Tokens are many, so this cache is bounded too (emptied when full).
+MAX_CACHED_CLAIMS = 1024
 # A denial is logged at once, then at most once per this interval for the same source, method and code; the
 # next line says how many were not logged, so a caller retrying in a loop cannot flood the log.
 DENIAL_LOG_INTERVAL_S = 10.0
@@ -117,6 +121,7 @@ class Authorizer:
         self._intentions = intentions or Intentions()
         self._policy = policy or Policy()
         self._verdicts: dict[tuple[bytes | None, str], _Verdict] = {}
+        self._claims: dict[str, tuple[Mapping[str, Any], frozenset[str]]] = {}
         self._denials = DenialLog()
 
     def update(self, intentions: Intentions, policy: Policy) -> None:
@@ -136,14 +141,27 @@ class Authorizer:
                 raise self._deny(verdict, method, grpc.StatusCode.UNAUTHENTICATED,
                                  "the gateway sent no claims for an rpc that is not public")
             return verdict.caller
-        claims = decode_claims(raw_claims)
-        if claims is None:
+        decoded = self._decoded(raw_claims)
+        if decoded is None:
             raise self._deny(verdict, method, grpc.StatusCode.UNAUTHENTICATED, "its claims are not base64url JSON")
-        missing = verdict.rule.scopes - scopes_of(claims)
+        claims, granted = decoded
+        missing = verdict.rule.scopes - granted
         if missing and not verdict.rule.public:
             raise self._deny(verdict, method, grpc.StatusCode.PERMISSION_DENIED,
                              f"the claims of subject {claims.get('sub')!r} lack {' '.join(sorted(missing))}")
         return Caller(verdict.caller.service, verdict.caller.spiffe_id, claims, raw_claims)
+
+    def _decoded(self, raw_claims: str) -> tuple[Mapping[str, Any], frozenset[str]] | None:
+        """The claims (read-only: shared by every call that carries them) and their scopes; None if unreadable."""
+        found = self._claims.get(raw_claims)
+        if found is None:
+            claims = decode_claims(raw_claims)
+            if claims is None:
+                return None
+            if len(self._claims) >= MAX_CACHED_CLAIMS:
+                self._claims = {}
+            found = self._claims[raw_claims] = (MappingProxyType(claims), scopes_of(claims))
+        return found
 
     def admits_plumbing(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         spiffe_id = spiffe_id_of(context.peer_identities())
