@@ -13,15 +13,12 @@ from typing import Any, Literal, NoReturn
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from protomesh import _context
 from protomesh._authz import CallGuard, Denied, Unchecked
+from protomesh._requests import UNPARSABLE_STATUS, UnparsableRequest, lenient, prepared, settle_if_ended
+from protomesh._status import plain_status, status_for
 from protomesh.auth import CLAIMS_KEY, Caller, bind_caller, reset_caller
-from protomesh.errors import DomainError, InvalidArgument
 
 ACCESS_LOGGER = logging.getLogger("protomesh.access")
 _LOG = logging.getLogger("protomesh.server")
@@ -32,9 +29,6 @@ DEFAULT_PASS_THROUGH_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.", "/grpc.ref
 # A longer incoming id is replaced by a fresh one: a client must not be able to bloat every log line.
 MAX_CORRELATION_ID_LENGTH = 128
 
-_CODE_NUMBERS: dict[str, int] = {code.name: code.value[0] for code in grpc.StatusCode}
-_UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
-_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 
 _Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
@@ -127,7 +121,7 @@ def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *, echo_
 
         wrapped = _guarded_sync(behavior, authorize)
         deserializer = handler.request_deserializer
-    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, _lenient(deserializer), serializer)
+    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, lenient(deserializer), serializer)
     return result
 
 
@@ -148,68 +142,6 @@ def _guarded_sync(behavior: _Behavior, check: Callable[[Any], contextvars.Token[
     return guarded
 
 
-class _UnparsableRequest(Exception):
-    """The request bytes are not a message of the method's type."""
-
-
-# What a request that does not parse becomes (grpc.aio's own answer would leak the parser's exception type).
-_UNPARSABLE = object()
-_UNPARSABLE_STATUS = grpc.StatusCode.INVALID_ARGUMENT, "the request message could not be parsed"
-# A caller that cancels a streaming call first ends its request stream, then the call; a handler that returns
-# at that end waits this long for the cancellation, so the access log says CANCELLED rather than OK.
-CANCEL_SETTLE_S = 0.002
-
-
-def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def parse(raw: bytes) -> Any:
-        try:
-            return deserializer(raw)
-        except Exception:  # any parser failure: the client sent something that is not this message
-            return _UNPARSABLE
-
-    return parse
-
-
-class _RequestStream:
-    """The request messages of a streaming call as its handler reads them: stops at one that does not
-    parse, and notes a clean end of the stream."""
-
-    __slots__ = ("_messages", "ended")
-
-    def __init__(self, messages: AsyncIterator[Any]) -> None:
-        self._messages = messages.__aiter__()
-        self.ended = False
-
-    def __aiter__(self) -> _RequestStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            message = await self._messages.__anext__()
-        except StopAsyncIteration:
-            self.ended = True
-            raise
-        if message is _UNPARSABLE:
-            raise _UnparsableRequest
-        return message
-
-
-def _prepared(request: Any, streamed: bool) -> Any:
-    if streamed:
-        return _RequestStream(request)
-    if request is _UNPARSABLE:
-        raise _UnparsableRequest
-    return request
-
-
-async def _settle_if_ended(request: Any) -> None:
-    if isinstance(request, _RequestStream) and request.ended:
-        await asyncio.sleep(CANCEL_SETTLE_S)
-
-
 def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool,
                     guard: CallGuard) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -218,26 +150,26 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, stream
         code: grpc.StatusCode | None = None
         try:
             bind_caller(guard.authorize(context, method, claims))
-            request = _prepared(request, streamed)
+            request = prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
             response = await behavior(request, context)
-            await _settle_if_ended(request)
+            await settle_if_ended(request)
             _keep_correlation_id(context, cid, echo_initial)
             return response
         except grpc.aio.AbortError:  # the handler aborted itself: its status stands
             raise
         except Denied as denied:
             code = denied.code
-            await _abort(context, _plain_status(denied.code, denied.message), cid)
-        except _UnparsableRequest:
-            code = _UNPARSABLE_STATUS[0]
-            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
+            await _abort(context, plain_status(denied.code, denied.message), cid)
+        except UnparsableRequest:
+            code = UNPARSABLE_STATUS[0]
+            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except asyncio.CancelledError:
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = _status_for(error, method, cid)
+            status = status_for(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -255,26 +187,26 @@ def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, 
         code: grpc.StatusCode | None = None
         try:
             bind_caller(guard.authorize(context, method, claims))
-            request = _prepared(request, streamed)
+            request = prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
             async for response in behavior(request, context):
                 yield response
-            await _settle_if_ended(request)
+            await settle_if_ended(request)
             _keep_correlation_id(context, cid, echo_initial)
         except grpc.aio.AbortError:
             raise
         except Denied as denied:
             code = denied.code
-            await _abort(context, _plain_status(denied.code, denied.message), cid)
-        except _UnparsableRequest:
-            code = _UNPARSABLE_STATUS[0]
-            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
+            await _abort(context, plain_status(denied.code, denied.message), cid)
+        except UnparsableRequest:
+            code = UNPARSABLE_STATUS[0]
+            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the client went away mid-stream
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = _status_for(error, method, cid)
+            status = status_for(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -378,33 +310,6 @@ def _gated(method: str, handler: grpc.RpcMethodHandler[Any, Any], guard: CallGua
     result: grpc.RpcMethodHandler[Any, Any] = factory(gated, handler.request_deserializer,
                                                       handler.response_serializer)
     return result
-
-
-def _status_for(error: Exception, method: str, cid: str) -> grpc.Status:
-    """The status a client gets for an exception; only DomainError messages are ever shown to it."""
-    if isinstance(error, DomainError):
-        status = status_pb2.Status(code=_CODE_NUMBERS.get(error.code, _UNKNOWN), message=error.message)
-        if isinstance(error, InvalidArgument):
-            violations = [error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                          for v in error.violations]
-            _pack(status, error_details_pb2.BadRequest(field_violations=violations))
-    else:
-        _LOG.error("%s failed (correlation id: %s)", method, cid, exc_info=error)
-        status = status_pb2.Status(code=_INTERNAL, message=f"internal error (correlation id: {cid})")
-        _pack(status, error_details_pb2.RequestInfo(request_id=cid))
-    result: grpc.Status = rpc_status.to_status(status)
-    return result
-
-
-def _plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
-    result: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
-    return result
-
-
-def _pack(status: Any, detail: Message) -> None:
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    status.details.append(packed)
 
 
 def _log_access(method: str, code: grpc.StatusCode | None, started: float, cid: str) -> None:
