@@ -227,3 +227,22 @@ def test_run_exits_with_code_2_naming_the_bad_key_before_touching_consul(tmp_pat
     assert service.proc is not None
     assert service.proc.wait(timeout=30) == 2
     assert "server.port" in service.log_tail()
+
+
+def test_run_with_mtls_and_no_identity_folder_exits_with_code_2_naming_the_setting(tmp_path: Path) -> None:
+    service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SECURITY__MODE="mtls")
+    service.start()
+    assert service.proc is not None
+    assert service.proc.wait(timeout=30) == 2
+    assert "SLOWSVC_SECURITY__IDENTITY_DIR" in service.log_tail()
+
+
+def test_run_with_an_empty_identity_folder_exits_with_code_1_saying_what_writes_it(tmp_path: Path) -> None:
+    service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SECURITY__MODE="mtls",
+                            SLOWSVC_SECURITY__IDENTITY_DIR=str(tmp_path / "identity"))
+    service.start()
+    assert service.proc is not None
+    assert service.proc.wait(timeout=30) == 1
+    log = service.log_tail()
+    assert "identity.pem: missing" in log
+    assert "Traceback" not in log
