@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from types import MappingProxyType
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import grpc
