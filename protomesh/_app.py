@@ -13,11 +13,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from protomesh._authz import Authorizer
 from protomesh._config import ConfigStore, env_prefix, load_settings
 from protomesh._discovery import DiscoveryChannel
 from protomesh._registry import Registration
-from protomesh._security import authorizer_for, open_access, open_identity
+from protomesh._security import open_identity, start_security
 from protomesh._server import Binding, Server
 from protomesh._settings import ConfigError, S
 from protomesh.consul import ConsulClient
@@ -157,22 +156,16 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     # watch -> Consul.
     static = await asyncio.to_thread(load_settings, settings_type, service, env=env, config_dir=config_dir)
     # Security is read from the static layers only (YAML, environment): a Consul KV value cannot turn it off.
-    security = static.security
-    identity = open_identity(security, env_prefix(service))
+    identity = open_identity(static.security, env_prefix(service))
     consul = ConsulClient.from_settings(static.consul)
     stack.push_async_callback(consul.close)
     config = await ConfigStore.open(settings_type, service, consul, env=env, config_dir=config_dir)
     stack.push_async_callback(config.close)
     address = _advertised_host(config.current)
-    guard: Authorizer | None = None
-    if identity is not None:
-        await identity.start()
-        stack.push_async_callback(identity.stop)
-        access = await open_access(stack, consul)
-    context = Context(service, config, consul, stack, identity=identity, trust_domain=security.trust_domain)
+    security = await start_security(stack, identity, static.security, consul)
+    context = Context(service, config, consul, stack, identity=identity, trust_domain=static.security.trust_domain)
     bindings = await build(context)
-    if identity is not None:
-        guard = authorizer_for(service, security, bindings, access)
+    guard = security.guard(service, bindings) if security is not None else None
     server = Server(config.current.server, bindings, identity=identity, guard=guard)
     stack.push_async_callback(lambda: server.stop(config.current.server.grace_s))
     stack.push_async_callback(context._run_before_server_stop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from protomesh._access import AccessState
 from protomesh._authz import Authorizer
@@ -36,11 +37,28 @@ def open_identity(settings: SecuritySettings, env_prefix: str) -> IdentityFolder
     return IdentityFolder.open(settings.identity_dir)
 
 
-async def open_access(stack: AsyncExitStack, consul: ConsulClient) -> AccessState:
-    """Follow the intentions and the security policy until the stack closes."""
+@dataclass(frozen=True)
+class Security:
+    """A service's mTLS: its identity (followed for rotation) and what its calls are authorized against."""
+
+    settings: SecuritySettings
+    identity: IdentityFolder
+    access: AccessState
+
+    def guard(self, service: str, bindings: Sequence[Binding]) -> Authorizer:
+        return authorizer_for(service, self.settings, bindings, self.access)
+
+
+async def start_security(stack: AsyncExitStack, identity: IdentityFolder | None, settings: SecuritySettings,
+                         consul: ConsulClient) -> Security | None:
+    """Follow the identity folder and Consul's intentions and policy until the stack closes (None: mode off)."""
+    if identity is None:
+        return None
+    await identity.start()
+    stack.push_async_callback(identity.stop)
     access = await AccessState.open(consul)
     stack.push_async_callback(access.close)
-    return access
+    return Security(settings, identity, access)
 
 
 def authorizer_for(service: str, settings: SecuritySettings, bindings: Sequence[Binding],
