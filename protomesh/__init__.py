@@ -11,7 +11,9 @@
                                   UserHandlers(Users(repo)),
                                   users_service_pb2_grpc.add_UserServiceServicer_to_server)]
 
-Events live in `protomesh.events`, domain errors in `protomesh.errors`, test helpers in `protomesh.testing`.
+Who is calling is `protomesh.caller()` (see docs/SECURITY.md); identities live in `protomesh.identity`, rules
+and claims in `protomesh.auth`, intentions in `protomesh.intentions`. Events live in `protomesh.events`,
+domain errors in `protomesh.errors`, test helpers in `protomesh.testing`.
 """
 
 from __future__ import annotations
@@ -29,11 +31,20 @@ from protomesh._discovery import DiscoveryChannel
 from protomesh._interceptors import ProtomeshInterceptor, default_interceptors
 from protomesh._registry import Registration
 from protomesh._server import Binding, Server
-from protomesh._settings import ConfigError, ConsulSettings, ObservabilitySettings, ServerSettings, ServiceSettings
+from protomesh._settings import (
+    ConfigError,
+    ConsulSettings,
+    ObservabilitySettings,
+    SecuritySettings,
+    ServerSettings,
+    ServiceSettings,
+)
+from protomesh.auth import Caller, caller
 from protomesh.consul import ConsulClient, ServiceInstance
 
 __all__ = [
     "Binding",
+    "Caller",
     "ConfigError",
     "ConfigStore",
     "ConsulClient",
@@ -44,10 +55,12 @@ __all__ = [
     "ProtomeshInterceptor",
     "Registration",
     "RunningService",
+    "SecuritySettings",
     "Server",
     "ServerSettings",
     "ServiceInstance",
     "ServiceSettings",
+    "caller",
     "config_kv_prefix",
     "correlation_id",
     "default_interceptors",

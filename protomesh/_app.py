@@ -13,14 +13,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Generic, TypeVar
 
-from protomesh._config import ConfigStore, load_settings
+from protomesh._config import ConfigStore, env_prefix, load_settings
 from protomesh._discovery import DiscoveryChannel
 from protomesh._logs import formatter
 from protomesh._observability import Observability
 from protomesh._registry import Registration
+from protomesh._security import open_identity, start_security
 from protomesh._server import Binding, Server
 from protomesh._settings import ConfigError, S
 from protomesh.consul import ConsulClient
+from protomesh.identity import TRUST_DOMAIN, IdentityError, IdentityFolder
 
 T = TypeVar("T")
 
@@ -43,12 +45,15 @@ class Context(Generic[S]):
     """
 
     def __init__(self, service: str, config: ConfigStore[S], consul: ConsulClient, stack: AsyncExitStack, *,
-                 observability: Observability | None = None) -> None:
+                 observability: Observability | None = None, identity: IdentityFolder | None = None,
+                 trust_domain: str = TRUST_DOMAIN) -> None:
         self.service = service
         self.config = config
         self.consul = consul
         # Metrics and tracer of the instance: event publishers and subscribers take it too.
         self.observability = observability or Observability(service, config.current.observability)
+        self.identity = identity  # None with security.mode off
+        self.trust_domain = trust_domain
         self._stack = stack
         self._channels: dict[str, DiscoveryChannel] = {}
         self._channels_lock = asyncio.Lock()
@@ -79,11 +84,13 @@ class Context(Generic[S]):
                 _LOG.exception("before-server-stop callback %r failed", callback)
 
     async def channel(self, service: str) -> DiscoveryChannel:
-        """A discovery channel to `service` (one per service, shared, closed at shutdown)."""
+        """A discovery channel to `service` (one per service, shared, closed at shutdown), over mTLS with this
+        service's identity unless security.mode is off."""
         async with self._channels_lock:
             if service not in self._channels:
                 channel = await DiscoveryChannel.open(self.consul, service,
-                                                      interceptors=self.observability.client_interceptors())
+                                                      interceptors=self.observability.client_interceptors(),
+                                                      identity=self.identity, trust_domain=self.trust_domain)
                 self._stack.push_async_callback(channel.close)
                 self._channels[service] = channel
             return self._channels[service]
@@ -130,8 +137,9 @@ async def serve(service: str, settings_type: type[S], build: Build[S], *,
 
     This is run() without logging setup and signal handling, for tests and embedding:
 
-        running = await serve("users", UsersSettings, build, env={"CONSUL_HTTP_ADDR": consul.address})
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+        running = await serve("users", UsersSettings, build, env={"CONSUL_HTTP_ADDR": consul.address,
+                                                                  "USERS_SECURITY__IDENTITY_DIR": folder})
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{running.port}", identity.channel_credentials(), ...)
         ...
         await running.stop()
 
@@ -148,8 +156,11 @@ async def serve(service: str, settings_type: type[S], build: Build[S], *,
 async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], build: Build[S], *,
                  env: Mapping[str, str] | None, config_dir: Path | None) -> RunningService[S]:
     # The exit stack unwinds in reverse order of the pushes below, which makes the shutdown order:
-    # NOT_SERVING -> deregister -> drain -> server.stop -> build() resources -> config watch -> Consul.
+    # NOT_SERVING -> deregister -> drain -> server.stop -> build() resources -> intentions -> identity -> config
+    # watch -> Consul.
     static = await asyncio.to_thread(load_settings, settings_type, service, env=env, config_dir=config_dir)
+    # Security is read from the static layers only (YAML, environment): a Consul KV value cannot turn it off.
+    identity = open_identity(static.security, env_prefix(service))
     consul = ConsulClient.from_settings(static.consul)
     stack.push_async_callback(consul.close)
     config = await ConfigStore.open(settings_type, service, consul, env=env, config_dir=config_dir)
@@ -158,9 +169,13 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     observability = Observability(service, config.current.observability, instance=config.current.server.instance_id)
     stack.push_async_callback(observability.close)  # last of the instance's own parts: spans of the shutdown too
     metrics_port = observability.start_metrics(config.current.server.host)
-    context = Context(service, config, consul, stack, observability=observability)
+    security = await start_security(stack, identity, static.security, consul)
+    context = Context(service, config, consul, stack, observability=observability, identity=identity,
+                      trust_domain=static.security.trust_domain)
     bindings = await build(context)
-    server = Server(config.current.server, bindings, interceptors=observability.server_interceptors())
+    guard = security.guard(service, bindings) if security is not None else None
+    server = Server(config.current.server, bindings, interceptors=observability.server_interceptors(guard=guard),
+                    identity=identity)
     stack.push_async_callback(lambda: server.stop(config.current.server.grace_s))
     stack.push_async_callback(context._run_before_server_stop)
     await server.start()
@@ -169,7 +184,7 @@ async def _start(stack: AsyncExitStack, service: str, settings_type: type[S], bu
     registration = Registration(consul, service=service, address=address, port=server.port,
                                 grpc_services=server.service_names, version=config.current.server.version,
                                 tags=config.current.server.tags, instance_id=config.current.server.instance_id,
-                                meta=meta)
+                                meta=meta, tls=identity is not None)
     stack.push_async_callback(lambda: asyncio.sleep(config.current.server.drain_s))
     stack.push_async_callback(registration.deregister)
     stack.push_async_callback(server.set_not_serving)
@@ -202,6 +217,9 @@ def run(service: str, settings_type: type[S], build: Build[S]) -> None:
     except ConfigError as exc:
         _LOG.error("invalid settings for %s: %s", service, exc)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+    except IdentityError as exc:  # the issuer may not have written it yet: a restart can help, so exit 1
+        _LOG.error("no usable identity for %s: %s", service, exc)
+        raise SystemExit(1) from None
     except Exception:
         _LOG.exception("%s failed", service)
         raise SystemExit(1) from None

@@ -12,7 +12,9 @@ import grpc
 
 from protomesh._context import CORRELATION_ID_KEY, correlation_id, outgoing_timeout
 from protomesh.aio import BackgroundTasks
+from protomesh.auth import CLAIMS_KEY, forwarded_claims
 from protomesh.consul import DEFAULT_WAIT, ConsulClient, ServiceInstance, watch
+from protomesh.identity import TRUST_DOMAIN, Credentials, IdentityFolder, service_host_name
 
 log = logging.getLogger("protomesh.discovery")
 
@@ -21,6 +23,9 @@ DEFAULT_CLOSE_GRACE_S = 5.0
 # open() waits this long for the first instance list (so the first call does not fail needlessly), then
 # returns anyway: a caller must never hang on Consul.
 DEFAULT_OPEN_TIMEOUT_S = 2.0
+# After a certificate rotation every instance is dialled again; calls in flight on the old channels get this
+# long to finish (closing returns as soon as they have). Established TLS sessions stay valid meanwhile.
+DEFAULT_ROTATION_GRACE_S = 60.0
 
 # Best first: the state reported for the whole channel is the best state of any instance's channel.
 _STATE_RANK = [grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.CONNECTING, grpc.ChannelConnectivity.IDLE,
@@ -97,7 +102,7 @@ class _Routed:
                                                              _registered_method=registered)
             endpoint.callables[self._key] = target
         kwargs["timeout"] = outgoing_timeout(kwargs.get("timeout"))
-        kwargs["metadata"] = _with_correlation_id(kwargs.get("metadata"))
+        kwargs["metadata"] = _with_call_metadata(kwargs.get("metadata"))
         request = kwargs.pop("request", None)
         return target(kwargs.pop("request_iterator", request), **kwargs)
 
@@ -118,39 +123,59 @@ class _StreamStream(_Routed, grpc.aio.StreamStreamMultiCallable[Any, Any]):
     pass
 
 
-def _with_correlation_id(metadata: Metadata) -> Metadata:
-    cid = correlation_id()
-    if cid is None:
+def _with_call_metadata(metadata: Metadata) -> Metadata:
+    """The caller's metadata plus the served call's correlation id and trusted claims, unless it set its own."""
+    cid, claims = correlation_id(), forwarded_claims()
+    if cid is None and claims is None:
         return metadata
     pairs = tuple(metadata or ())
-    if any(key == CORRELATION_ID_KEY for key, _ in pairs):
-        return metadata
-    return (*pairs, (CORRELATION_ID_KEY, cid))
+    keys = {key for key, _ in pairs}
+    if cid is not None and CORRELATION_ID_KEY not in keys:
+        pairs = (*pairs, (CORRELATION_ID_KEY, cid))
+    if claims is not None and CLAIMS_KEY not in keys:
+        pairs = (*pairs, (CLAIMS_KEY, claims))
+    return pairs
 
 
 class DiscoveryChannel(grpc.aio.Channel):
     """Generated stubs over every passing instance of a Consul service, round robin per call.
 
-    >>> channel = await DiscoveryChannel.open(consul, "users")
+    >>> channel = await DiscoveryChannel.open(consul, "users", identity=identity)
     >>> reply = await users_service_pb2_grpc.UserServiceStub(channel).GetUser(request)
     >>> await channel.close()
+
+    With an identity, every instance is dialled over mTLS presenting it, and must present a certificate for
+    `users.svc.<trust domain>` from the identity's trust bundle; after each rotation of the identity every
+    instance is dialled again with the new certificate (old channels retire with grace, no call fails).
+    Calls made while serving one carry its correlation id, remaining deadline and trusted claims.
     """
 
     def __init__(self, consul: ConsulClient, service: str, *, close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
-                 options: Sequence[tuple[str, Any]] | None = None,
+                 options: Sequence[tuple[str, Any]] | None = None, identity: IdentityFolder | None = None,
+                 trust_domain: str = TRUST_DOMAIN, rotation_grace_s: float = DEFAULT_ROTATION_GRACE_S,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> None:
         self.service = service
         self._consul = consul
         self._close_grace_s = close_grace_s
-        self._options = options
+        self._rotation_grace_s = rotation_grace_s
+        self._options = list(options or ())
+        self._identity = identity
         # Every instance's channel gets them: metrics and trace context (see protomesh._observability).
         self._interceptors = list(interceptors) if interceptors else None
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        if identity is not None:
+            # The server's certificate must name this service: its DNS SAN, not the address dialled.
+            self._options.append(("grpc.ssl_target_name_override", service_host_name(service, trust_domain)))
+            self._credentials = identity.channel_credentials()
+            self._unsubscribe = identity.subscribe(self._rotated)
         self._endpoints: dict[str, _Endpoint] = {}
         self._rotation: list[_Endpoint] = []
         self._turn = 0
         self._resolved = asyncio.Event()
         self._changed = asyncio.Event()  # set (then replaced) whenever the instance list changes
         self._retiring = BackgroundTasks()  # closing the channels of instances that left, with grace
+        self._retired: set[grpc.aio.Channel] = set()  # ...and those channels until they are closed
         self._watch = BackgroundTasks()
 
     @classmethod
@@ -197,16 +222,39 @@ class DiscoveryChannel(grpc.aio.Channel):
             if target in self._endpoints:
                 self._endpoints[target].instance = instance
             else:
-                channel = grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
-                self._endpoints[target] = _Endpoint(instance, channel)
+                self._endpoints[target] = _Endpoint(instance, self._dial(target))
         self._rotation = [self._endpoints[target] for target in sorted(self._endpoints)]
         self._changed.set()
         self._changed = asyncio.Event()
         log.info("discovery %s: %d instance(s): %s", self.service, len(self._rotation), ", ".join(self.targets))
 
-    def _retire(self, endpoint: _Endpoint) -> None:
-        self._retiring.start(endpoint.channel.close(grace=self._close_grace_s),
-                             name=f"protomesh-retire-{endpoint.instance.target}")
+    def _dial(self, target: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(target, options=self._options, interceptors=self._interceptors)
+        return grpc.aio.secure_channel(target, self._credentials, options=self._options,
+                                       interceptors=self._interceptors)
+
+    def _rotated(self, credentials: Credentials) -> None:
+        """The identity rotated: dial every instance again with it; calls on the old channels may finish."""
+        assert self._identity is not None
+        self._credentials = self._identity.channel_credentials()
+        for target, old in list(self._endpoints.items()):
+            self._endpoints[target] = _Endpoint(old.instance, self._dial(target))
+            self._retire(old, grace=self._rotation_grace_s)
+        self._rotation = [self._endpoints[target] for target in sorted(self._endpoints)]
+        self._changed.set()
+        self._changed = asyncio.Event()
+        log.info("discovery %s: new certificate, %d instance(s) dialled again", self.service, len(self._rotation))
+
+    def _retire(self, endpoint: _Endpoint, *, grace: float | None = None) -> None:
+        channel = endpoint.channel
+        self._retired.add(channel)
+
+        async def close_with_grace() -> None:
+            await channel.close(grace=self._close_grace_s if grace is None else grace)
+            self._retired.discard(channel)  # not when cancelled: close() then closes it
+
+        self._retiring.start(close_with_grace(), name=f"protomesh-retire-{endpoint.instance.target}")
 
     def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
                     _registered_method: bool = False) -> _UnaryUnary:
@@ -256,10 +304,18 @@ class DiscoveryChannel(grpc.aio.Channel):
                 waiter.cancel()
 
     async def close(self, grace: float | None = None) -> None:
-        """Stop following Consul and close every instance's channel (including ones still retiring)."""
+        """Stop following Consul and close every instance's channel; calls in flight get `grace` seconds, also
+        on channels still retiring (after an instance left or a rotation)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         await self._watch.stop()
-        endpoints, self._endpoints, self._rotation = list(self._endpoints.values()), {}, []
-        await asyncio.gather(*(endpoint.channel.close(grace) for endpoint in endpoints), self._retiring.join())
+        channels = [endpoint.channel for endpoint in self._endpoints.values()]
+        self._endpoints, self._rotation = {}, []
+        await self._retiring.stop()
+        channels += self._retired
+        self._retired = set()
+        await asyncio.gather(*(channel.close(grace) for channel in channels))
 
     async def __aenter__(self) -> DiscoveryChannel:
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import os
@@ -12,13 +13,12 @@ from typing import Any, Literal, NoReturn
 
 import grpc
 import grpc.aio
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from protomesh import _context
-from protomesh.errors import DomainError, InvalidArgument
+from protomesh._authz import CallGuard, Denied, Unchecked
+from protomesh._requests import UNPARSABLE_STATUS, UnparsableRequest, lenient, prepared, settle_if_ended
+from protomesh._status import plain_status, status_for
+from protomesh.auth import CLAIMS_KEY, Caller, bind_caller, reset_caller
 
 ACCESS_LOGGER = logging.getLogger("protomesh.access")
 _LOG = logging.getLogger("protomesh.server")
@@ -29,15 +29,13 @@ DEFAULT_PASS_THROUGH_PREFIXES: tuple[str, ...] = ("/grpc.health.v1.", "/grpc.ref
 # A longer incoming id is replaced by a fresh one: a client must not be able to bloat every log line.
 MAX_CORRELATION_ID_LENGTH = 128
 
-_CODE_NUMBERS: dict[str, int] = {code.name: code.value[0] for code in grpc.StatusCode}
-_UNKNOWN = grpc.StatusCode.UNKNOWN.value[0]
-_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 
 _Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
 class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
-    """Correlation id, call context (`protomesh._context`), DomainError -> status and access log per call.
+    """Correlation id, call context (`protomesh._context`), the caller (`protomesh.caller()`) and its
+    authorization, DomainError -> status and access log per call.
 
     grpc.aio asks every interceptor for the handler on every call, so the wrapped handler is built once per
     method and then served from a dict. That cache makes this interceptor the innermost one: place it last
@@ -50,12 +48,18 @@ class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
     tiny call's server CPU, see bench/runtime_overhead.py) but reaches REST clients as a response header.
     Errors always carry it in trailing metadata (an error answered before any message is sent as a gRPC
     "trailers-only" response, i.e. in the HTTP response headers).
+
+    `guard` authorizes each call before its request is read (`protomesh._authz.Authorizer` with mTLS); the
+    default trusts everyone and reports any claims a call carries. Plumbing (health, reflection) is served
+    untouched unless the guard gates it (with mTLS, Consul's agent may call health only).
     """
 
     def __init__(self, *, echo: Literal["trailing", "initial"] = "trailing",
-                 pass_through_prefixes: Sequence[str] = DEFAULT_PASS_THROUGH_PREFIXES) -> None:
+                 pass_through_prefixes: Sequence[str] = DEFAULT_PASS_THROUGH_PREFIXES,
+                 guard: CallGuard | None = None) -> None:
         self._echo_initial = echo == "initial"
         self._pass_through = tuple(pass_through_prefixes)
+        self._guard: CallGuard = guard or Unchecked()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -69,130 +73,103 @@ class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
             found = await continuation(handler_call_details)
             if found is None:  # unknown method: not cached, so probing names cannot grow the dict
                 return None
-            if method.startswith(self._pass_through):
-                handler = found
+            if not method.startswith(self._pass_through):
+                handler = wrap_handler(method, found, echo_initial=self._echo_initial, guard=self._guard)
+            elif self._guard.gates_plumbing(method):
+                handler = _gated(method, found, self._guard)
             else:
-                handler = wrap_handler(method, found, echo_initial=self._echo_initial)
+                handler = found
             self._handlers[method] = handler
         return handler
 
 
-def default_interceptors() -> list[grpc.aio.ServerInterceptor]:
-    """The interceptors a protomesh Server uses when it is given none."""
-    return [ProtomeshInterceptor()]
+def default_interceptors(*, guard: CallGuard | None = None) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors a protomesh Server uses when it is given none (guard: see ProtomeshInterceptor)."""
+    return [ProtomeshInterceptor(guard=guard)]
 
 
-def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *,
-                 echo_initial: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Callable[..., Any]]:
+    """The handler's behavior and the grpc factory that makes a handler of the same kind."""
+    if handler.request_streaming and handler.response_streaming:
+        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
+    if handler.request_streaming:
+        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
+    if handler.response_streaming:
+        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
+    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
+
+
+def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *, echo_initial: bool = False,
+                 guard: CallGuard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behavior run inside the protomesh call wrapper (sync ones are left alone)."""
     deserializer, serializer = handler.request_deserializer, handler.response_serializer
-    if handler.request_streaming and handler.response_streaming:
-        behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    else:
-        behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+    behavior, factory = _behavior(handler)
+    guard = guard or Unchecked()
     # grpc.aio picks how to drive a handler by inspecting it (coroutine function, async generator
     # function, or plain function run in a thread), so the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behavior):
-        wrapped = _wrap_async_generator(method, behavior, echo_initial, handler.request_streaming)
+        wrapped = _wrap_async_generator(method, behavior, echo_initial, handler.request_streaming, guard)
     elif inspect.iscoroutinefunction(behavior):
-        wrapped = _wrap_coroutine(method, behavior, echo_initial, handler.request_streaming)
+        wrapped = _wrap_coroutine(method, behavior, echo_initial, handler.request_streaming, guard)
     else:
-        # Typically a method the servicer does not implement (the generated base class's sync stub).
+        # Typically a method the servicer does not implement (the generated base class's sync stub): served
+        # without the call wrapper, never without the guard.
         _LOG.warning("%s is served by a sync function, without the protomesh interceptor", method)
-        return handler
-    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, _lenient(deserializer), serializer)
+
+        def authorize(context: Any) -> contextvars.Token[Caller | None]:
+            return bind_caller(guard.authorize(context, method, _incoming(context.invocation_metadata())[1]))
+
+        wrapped = _guarded_sync(behavior, authorize)
+        deserializer = handler.request_deserializer
+    result: grpc.RpcMethodHandler[Any, Any] = factory(wrapped, lenient(deserializer), serializer)
     return result
 
 
-class _UnparsableRequest(Exception):
-    """The request bytes are not a message of the method's type."""
-
-
-# What a request that does not parse becomes (grpc.aio's own answer would leak the parser's exception type).
-_UNPARSABLE = object()
-_UNPARSABLE_STATUS = grpc.StatusCode.INVALID_ARGUMENT, "the request message could not be parsed"
-# A caller that cancels a streaming call first ends its request stream, then the call; a handler that returns
-# at that end waits this long for the cancellation, so the access log says CANCELLED rather than OK.
-CANCEL_SETTLE_S = 0.002
-
-
-def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if deserializer is None:
-        return None
-
-    def parse(raw: bytes) -> Any:
+def _guarded_sync(behavior: _Behavior, check: Callable[[Any], contextvars.Token[Caller | None] | None]) -> _Behavior:
+    """A sync behavior (grpc runs it on a thread of its executor) that first passes check, or is aborted."""
+    def guarded(request: Any, context: Any) -> Any:
         try:
-            return deserializer(raw)
-        except Exception:  # any parser failure: the client sent something that is not this message
-            return _UNPARSABLE
-
-    return parse
-
-
-class _RequestStream:
-    """The request messages of a streaming call as its handler reads them: stops at one that does not
-    parse, and notes a clean end of the stream."""
-
-    __slots__ = ("_messages", "ended")
-
-    def __init__(self, messages: AsyncIterator[Any]) -> None:
-        self._messages = messages.__aiter__()
-        self.ended = False
-
-    def __aiter__(self) -> _RequestStream:
-        return self
-
-    async def __anext__(self) -> Any:
+            token = check(context)
+        except Denied as denied:
+            context.abort(denied.code, denied.message)  # the sync context's abort raises
+            raise AssertionError("context.abort() returned") from None
         try:
-            message = await self._messages.__anext__()
-        except StopAsyncIteration:
-            self.ended = True
-            raise
-        if message is _UNPARSABLE:
-            raise _UnparsableRequest
-        return message
+            return behavior(request, context)
+        finally:
+            if token is not None:  # the executor's thread serves other calls next
+                reset_caller(token)
+
+    return guarded
 
 
-def _prepared(request: Any, streamed: bool) -> Any:
-    if streamed:
-        return _RequestStream(request)
-    if request is _UNPARSABLE:
-        raise _UnparsableRequest
-    return request
-
-
-async def _settle_if_ended(request: Any) -> None:
-    if isinstance(request, _RequestStream) and request.ended:
-        await asyncio.sleep(CANCEL_SETTLE_S)
-
-
-def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
+def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool,
+                    guard: CallGuard) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         started = time.perf_counter()
-        cid = _begin(context, echo_initial)
+        cid, claims = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
-            request = _prepared(request, streamed)
+            bind_caller(guard.authorize(context, method, claims))
+            request = prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
             response = await behavior(request, context)
-            await _settle_if_ended(request)
+            await settle_if_ended(request)
             _keep_correlation_id(context, cid, echo_initial)
             return response
         except grpc.aio.AbortError:  # the handler aborted itself: its status stands
             raise
-        except _UnparsableRequest:
-            code = _UNPARSABLE_STATUS[0]
-            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
+        except Denied as denied:
+            code = denied.code
+            await _abort(context, plain_status(denied.code, denied.message), cid)
+        except UnparsableRequest:
+            code = UNPARSABLE_STATUS[0]
+            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except asyncio.CancelledError:
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = _status_for(error, method, cid)
+            status = status_for(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -202,29 +179,34 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, stream
     return handle
 
 
-def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool) -> _Behavior:
+def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, streamed: bool,
+                          guard: CallGuard) -> _Behavior:
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         started = time.perf_counter()
-        cid = _begin(context, echo_initial)
+        cid, claims = _begin(context, echo_initial)
         code: grpc.StatusCode | None = None
         try:
-            request = _prepared(request, streamed)
+            bind_caller(guard.authorize(context, method, claims))
+            request = prepared(request, streamed)
             if echo_initial:
                 await context.send_initial_metadata(((_context.CORRELATION_ID_KEY, cid),))
             async for response in behavior(request, context):
                 yield response
-            await _settle_if_ended(request)
+            await settle_if_ended(request)
             _keep_correlation_id(context, cid, echo_initial)
         except grpc.aio.AbortError:
             raise
-        except _UnparsableRequest:
-            code = _UNPARSABLE_STATUS[0]
-            await _abort(context, _plain_status(*_UNPARSABLE_STATUS), cid)
+        except Denied as denied:
+            code = denied.code
+            await _abort(context, plain_status(denied.code, denied.message), cid)
+        except UnparsableRequest:
+            code = UNPARSABLE_STATUS[0]
+            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the client went away mid-stream
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = _status_for(error, method, cid)
+            status = status_for(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -249,16 +231,18 @@ def _outcome(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | N
     return code
 
 
-def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> str:
-    """Adopt or mint the correlation id and bind the call context (`protomesh._context`) for the handler.
+def _begin(context: grpc.aio.ServicerContext[Any, Any], echo_initial: bool) -> tuple[str, str | None]:
+    """Adopt or mint the correlation id and bind the call context (`protomesh._context`) for the handler;
+    returns it with the call's claims as they came (checked by the guard next).
 
     No reset afterwards: grpc.aio runs every call in its own asyncio task, whose context copy ends with it.
     """
-    cid = _incoming_correlation_id(context.invocation_metadata()) or os.urandom(8).hex()
+    incoming, claims = _incoming(context.invocation_metadata())
+    cid = incoming or os.urandom(8).hex()
     if not echo_initial:
         context.set_trailing_metadata(((_context.CORRELATION_ID_KEY, cid),))
     _context.bind_call(cid, context.time_remaining())
-    return cid
+    return cid, claims
 
 
 def _keep_correlation_id(context: grpc.aio.ServicerContext[Any, Any], cid: str, echo_initial: bool) -> None:
@@ -277,40 +261,55 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Statu
     raise AssertionError("context.abort() returned")  # grpc raises AbortError; keeps the types honest
 
 
-def _incoming_correlation_id(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+def _incoming(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str | None, str | None]:
+    """The call's correlation id (when usable) and claims value, each the first of its key, in one pass."""
+    cid: str | None = None
+    claims: str | None = None
+    seen_cid = seen_claims = False
     for key, value in metadata or ():
-        if key == _context.CORRELATION_ID_KEY:
+        if key == _context.CORRELATION_ID_KEY and not seen_cid:
+            seen_cid = True
             if isinstance(value, str) and 0 < len(value) <= MAX_CORRELATION_ID_LENGTH:
-                return value
-            return None
-    return None
+                cid = value
+        elif key == CLAIMS_KEY and not seen_claims:
+            seen_claims = True
+            claims = value if isinstance(value, str) else None
+        if seen_cid and seen_claims:
+            break
+    return cid, claims
 
 
-def _status_for(error: Exception, method: str, cid: str) -> grpc.Status:
-    """The status a client gets for an exception; only DomainError messages are ever shown to it."""
-    if isinstance(error, DomainError):
-        status = status_pb2.Status(code=_CODE_NUMBERS.get(error.code, _UNKNOWN), message=error.message)
-        if isinstance(error, InvalidArgument):
-            violations = [error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                          for v in error.violations]
-            _pack(status, error_details_pb2.BadRequest(field_violations=violations))
+def _gated(method: str, handler: grpc.RpcMethodHandler[Any, Any], guard: CallGuard) -> grpc.RpcMethodHandler[Any, Any]:
+    """A plumbing handler (reflection) behind guard.admits_plumbing, otherwise untouched."""
+    behavior, factory = _behavior(handler)
+
+    async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        try:
+            guard.admits_plumbing(context, method)
+        except Denied as denied:
+            await context.abort(denied.code, denied.message)
+
+    if inspect.isasyncgenfunction(behavior):
+        async def gated_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await admit(context)
+            async for response in behavior(request, context):
+                yield response
+
+        gated: _Behavior = gated_stream
+    elif inspect.iscoroutinefunction(behavior):
+        async def gated_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await admit(context)
+            return await behavior(request, context)
+
+        gated = gated_call
     else:
-        _LOG.error("%s failed (correlation id: %s)", method, cid, exc_info=error)
-        status = status_pb2.Status(code=_INTERNAL, message=f"internal error (correlation id: {cid})")
-        _pack(status, error_details_pb2.RequestInfo(request_id=cid))
-    result: grpc.Status = rpc_status.to_status(status)
+        def admit_sync(context: Any) -> None:
+            guard.admits_plumbing(context, method)
+
+        gated = _guarded_sync(behavior, admit_sync)
+    result: grpc.RpcMethodHandler[Any, Any] = factory(gated, handler.request_deserializer,
+                                                      handler.response_serializer)
     return result
-
-
-def _plain_status(code: grpc.StatusCode, message: str) -> grpc.Status:
-    result: grpc.Status = rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
-    return result
-
-
-def _pack(status: Any, detail: Message) -> None:
-    packed = any_pb2.Any()
-    packed.Pack(detail)
-    status.details.append(packed)
 
 
 def _log_access(method: str, code: grpc.StatusCode | None, started: float, cid: str) -> None:

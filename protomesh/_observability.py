@@ -13,6 +13,7 @@ import grpc.aio
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
+from protomesh._authz import CallGuard
 from protomesh._interceptors import ProtomeshInterceptor
 from protomesh._metrics import CallMetrics, EventMetrics, MethodMetrics, grpc_type, process_metrics, serve_metrics
 from protomesh._settings import ObservabilitySettings
@@ -54,12 +55,13 @@ class Observability:
             self.metrics_port, self._stop_metrics = serve_metrics(host, self.settings.metrics_port)
         return self.metrics_port
 
-    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The server's interceptors: telemetry outside, ProtomeshInterceptor innermost (see its docstring)."""
+    def server_interceptors(self, guard: CallGuard | None = None) -> list[grpc.aio.ServerInterceptor]:
+        """The server's interceptors: telemetry outside (denied calls are counted and traced too), then
+        ProtomeshInterceptor, innermost (see its docstring), with the call guard that authorizes each call."""
         if self.server_metrics is None and self.tracer is None:
-            return [ProtomeshInterceptor()]
+            return [ProtomeshInterceptor(guard=guard)]
         return [TelemetryInterceptor(metrics=self.server_metrics, tracer=self.tracer, sampling=self.sampling),
-                ProtomeshInterceptor()]
+                ProtomeshInterceptor(guard=guard)]
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
         """For DiscoveryChannel's per-instance channels: grpc_client_* metrics, then OpenTelemetry's CLIENT spans

@@ -30,8 +30,10 @@ class Registration:
     a just-started agent syncs the first check result to its catalog only after up to ~3 s; the gRPC check
     corrects a wrong start within one interval.
 
+    With `tls` the check speaks TLS (the port is mTLS): GRPCUseTLS, without verifying the server's name.
+
     >>> registration = Registration(consul, service="users", address="127.0.0.1", port=port,
-    ...                             grpc_services=["acme.users.v1.UserService"], version="1.2.0")
+    ...                             grpc_services=["acme.users.v1.UserService"], version="1.2.0", tls=True)
     >>> await registration.start()
     >>> ...
     >>> await registration.deregister()
@@ -41,7 +43,7 @@ class Registration:
                  grpc_services: Sequence[str], version: str, tags: Sequence[str] = (), instance_id: str = "",
                  check_interval: str = "1s", deregister_after: str = "1m", initial_status: str = "passing",
                  keep_interval_s: float = DEFAULT_KEEP_INTERVAL_S, meta: Mapping[str, str] | None = None,
-                 http_check: str = "") -> None:
+                 http_check: str = "", tls: bool = False) -> None:
         self._consul = consul
         self.service = service
         # host:port is unique among running instances; a restart on the same address (a container brought back
@@ -49,6 +51,14 @@ class Registration:
         self.instance_id = instance_id or f"{service}-{address}-{port}"
         self._keep_interval_s = keep_interval_s
         target = f"{address}:{port}/{grpc_services[0]}" if grpc_services else f"{address}:{port}"
+        # An endpoint that is not a gRPC server (a scrape target such as Envoy's admin) is checked over HTTP.
+        probe = {"HTTP": http_check} if http_check else {"GRPC": target}
+        check: dict[str, Any] = {**probe, "Interval": check_interval, "DeregisterCriticalServiceAfter": deregister_after,
+                                 "Status": initial_status}
+        if tls and not http_check:
+            # An mTLS port: the agent presents its own certificate (enable_agent_tls_for_checks). Consul 1.8 cannot
+            # be told which server name to expect, so it skips verifying ours; the port still verifies the agent.
+            check.update({"GRPCUseTLS": True, "TLSSkipVerify": True})
         self.body: dict[str, Any] = {
             "name": service,
             "service_id": self.instance_id,
@@ -57,10 +67,8 @@ class Registration:
             "tags": [*BASE_TAGS, *tags],
             # Extra meta (e.g. metrics_port, which Prometheus's Consul discovery reads) beside the mesh's own keys.
             "meta": {**(meta or {}), "version": version, "grpc_services": ",".join(grpc_services)},
-            # The suffix is the name the server's health servicer marks SERVING. An endpoint that is not a gRPC
-            # server (a scrape target such as Envoy's admin) is checked over HTTP instead.
-            "check": {**({"HTTP": http_check} if http_check else {"GRPC": target}), "Interval": check_interval,
-                      "DeregisterCriticalServiceAfter": deregister_after, "Status": initial_status},
+            # The suffix is the name the server's health servicer marks SERVING.
+            "check": check,
             # Re-registering must not pile up stale checks from an earlier registration.
             "replace_existing_checks": True,
         }

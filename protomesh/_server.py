@@ -14,8 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from protomesh._authz import CallGuard
 from protomesh._interceptors import default_interceptors
 from protomesh._settings import ServerSettings
+from protomesh.auth import Rule, service_rules
+from protomesh.identity import IdentityFolder
 
 _LOG = logging.getLogger("protomesh.server")
 
@@ -69,6 +72,14 @@ class Binding:
         return name
 
 
+def declared_rules(bindings: Sequence[Binding]) -> dict[str, Rule]:
+    """`/pkg.Service/Method` -> the rule its contract declares, for every rpc of the bindings that has one."""
+    rules: dict[str, Rule] = {}
+    for binding in bindings:
+        rules.update(service_rules(binding.service))
+    return rules
+
+
 class Server:
     """Lifecycle of one grpc.aio server; usable without Consul (tests).
 
@@ -76,13 +87,21 @@ class Server:
         port = await server.start()
         ...
         await server.stop()            # NOT_SERVING, then stop with settings.grace_s
+
+    With `identity` the port speaks TLS only and requires a client certificate that chains to the identity's
+    trust bundle (a rotated certificate is served from the next handshake on); `guard` authorizes every call
+    (serve() passes both for security.mode mtls). Without them the port is plaintext and nobody is checked.
     """
 
     def __init__(self, settings: ServerSettings, bindings: Sequence[Binding], *,
-                 interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None) -> None:
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
+                 identity: IdentityFolder | None = None, guard: CallGuard | None = None) -> None:
+        if interceptors is not None and guard is not None:
+            raise ValueError("pass the guard to your own ProtomeshInterceptor (Server gives it to its default one)")
         self.settings = settings
         self.bindings = tuple(bindings)
-        self._interceptors = list(default_interceptors() if interceptors is None else interceptors)
+        self.identity = identity
+        self._interceptors = list(default_interceptors(guard=guard) if interceptors is None else interceptors)
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self._health_down = False
@@ -106,12 +125,17 @@ class Server:
         reflection.enable_server_reflection([*self.service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME],
                                             server)
         address = _bind_address(self.settings.host, self.settings.port)
-        self.port = server.add_insecure_port(address)  # raises RuntimeError when the address is taken
+        # Either raises RuntimeError when the address is taken.
+        if self.identity is not None:
+            self.port = server.add_secure_port(address, self.identity.server_credentials())
+        else:
+            self.port = server.add_insecure_port(address)
         self._server = server
         await server.start()
         for name in ("", *self.service_names):
             await health.set(name, _SERVING)
-        _LOG.info("serving %s on %s:%d", ", ".join(self.service_names), self.settings.host, self.port)
+        _LOG.info("serving %s on %s:%d (%s)", ", ".join(self.service_names), self.settings.host, self.port,
+                  "mTLS" if self.identity is not None else "plaintext")
         return self.port
 
     async def set_not_serving(self) -> None:

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from protomesh.identity import TRUST_DOMAIN
+
 FieldPath = tuple[str, ...]
 
 
@@ -38,6 +40,24 @@ class ConsulSettings:
 
     address: str = "127.0.0.1:8500"
     token: str = field(default="", metadata={"secret": True})
+
+
+# security.mode values: mutual TLS with the mesh's identities (the default), or plaintext without any check.
+MTLS, SECURITY_OFF = "mtls", "off"
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """How a service proves who it is and checks its callers (docs/SECURITY.md).
+
+    `mtls` (default): TLS only, a client certificate from the mesh CA, intentions and rules on every call; the
+    identity folder (`identity.pem` + `ca.pem`) is `identity_dir`. `off`: plaintext and no checks, an explicit
+    setting for development and tests. Read once at start, from YAML and the environment.
+    """
+
+    mode: str = MTLS
+    identity_dir: Path | None = None
+    trust_domain: str = TRUST_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,7 @@ class ServiceSettings:
     server: ServerSettings = field(default_factory=ServerSettings)
     consul: ConsulSettings = field(default_factory=ConsulSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     log_level: str = "INFO"
 
 

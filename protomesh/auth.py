@@ -230,11 +230,39 @@ def caller() -> Caller | None:
 
 
 def bind_caller(value: Caller | None) -> contextvars.Token[Caller | None]:
-    """Set the current call's caller (the runtime's interceptor does this); returns a token for reset."""
+    """Set the current call's caller (the runtime's interceptor does this); returns a token for reset_caller."""
     return _caller.set(value)
+
+
+def reset_caller(token: contextvars.Token[Caller | None]) -> None:
+    """Undo a bind_caller (where a thread serves one call after another)."""
+    _caller.reset(token)
 
 
 def forwarded_claims() -> str | None:
     """The claims an outgoing call made while serving this one carries on (None: it carries none)."""
     current = _caller.get()
     return current.raw_claims if current is not None else None
+
+
+__all__ = [
+    "AUTH_OPTION",
+    "CLAIMS_KEY",
+    "MAX_CLAIMS_BYTES",
+    "POLICY_KEY",
+    "UNDECLARED",
+    "Caller",
+    "Policy",
+    "RateLimit",
+    "Rule",
+    "bind_caller",
+    "caller",
+    "decode_claims",
+    "descriptor_set_rules",
+    "effective_rule",
+    "forwarded_claims",
+    "method_rule",
+    "reset_caller",
+    "scopes_of",
+    "service_rules",
+]

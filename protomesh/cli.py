@@ -30,9 +30,28 @@ def _protos(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     import asyncio
 
-    from protomesh._probe import probe
+    from protomesh._probe import ProbeTls, probe
+    from protomesh.identity import IdentityError
 
-    status = asyncio.run(probe(args.target, args.service, timeout=args.timeout))
+    if args.plaintext:
+        tls = None
+    elif args.identity_dir:
+        from_env = ProbeTls.from_env(os.environ)
+        server_name = args.server_name or (from_env.server_name if from_env is not None else None)
+        if server_name is None:
+            print("protomesh probe: --identity-dir needs --server-name, the DNS name the server's certificate "
+                  "holds (e.g. users.svc.protomesh.local)", file=sys.stderr)
+            return 2
+        tls = ProbeTls(Path(args.identity_dir), server_name)
+    else:
+        tls = ProbeTls.from_env(os.environ)
+        if tls is not None and args.server_name:
+            tls = ProbeTls(tls.identity_dir, args.server_name)
+    try:
+        status = asyncio.run(probe(args.target, args.service, timeout=args.timeout, tls=tls))
+    except IdentityError as exc:
+        print(f"protomesh probe: {exc}", file=sys.stderr)
+        return 1
     print(status)
     return 0 if status == "SERVING" else 1
 
@@ -85,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("target", help="host:port of the server")
     probe.add_argument("service", nargs="?", default="", help="full service name (default: the whole server)")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait (default: 2)")
+    probe.add_argument("--identity-dir", metavar="DIR",
+                       help="probe over mTLS with the identity in DIR (identity.pem + ca.pem); default: the one "
+                            "<SERVICE>_SECURITY__IDENTITY_DIR in the environment, else plaintext")
+    probe.add_argument("--server-name", metavar="NAME",
+                       help="the DNS name the server's certificate must hold (default with the environment's "
+                            "identity: <service>.svc.<trust domain>)")
+    probe.add_argument("--plaintext", action="store_true", help="plaintext even if the environment has an identity")
     probe.set_defaults(func=_probe)
 
     config = commands.add_parser("config", help="service configuration in Consul KV")

@@ -136,6 +136,14 @@ class ConsulClient:
                 values[entry["Key"]] = value.decode() if isinstance(value, bytes) else ""
         return int(new_index), values
 
+    async def kv_get(self, key: str, *, index: int | None = None,
+                     wait: str = DEFAULT_WAIT) -> tuple[int, str | None]:
+        """One key's value as text (None when absent); blocks until it may have changed when index is given."""
+        async with asyncio.timeout(blocking_timeout(wait)):
+            new_index, entry = await self.raw.kv.get(key, index=index, wait=wait)
+        value = entry.get("Value") if entry else None
+        return int(new_index or 0), value.decode() if isinstance(value, bytes) else None
+
     async def get_indexed(self, path: str, *, index: int | None = None, wait: str | None = None,
                           timeout_s: float | None = None) -> tuple[int, bytes]:
         """GET an HTTP API path as Consul sent it (uncompressed, not decoded): its X-Consul-Index and body.
@@ -174,13 +182,23 @@ class ConsulClient:
 
     async def agent_has(self, instance_id: str) -> bool:
         """Whether the local agent lists this service instance (a restarted dev agent forgets it)."""
+        # Not py-consul's agent.service_definition(): it sends no token, which ACLs answer with 403.
         async with asyncio.timeout(DEFAULT_REQUEST_TIMEOUT_S):
-            return await self.raw.agent.service_definition(instance_id) is not None
+            found: bool = await self.raw.http.get(_found, f"/v1/agent/service/{instance_id}",
+                                                  headers=self.raw.prepare_headers())
+        return found
 
 
 # Consul gzips an answer when asked to, and aiohttp asks by default: next to Consul that only costs CPU on both
 # sides (3,000 checks take Consul twice as long to answer compressed).
 _UNCOMPRESSED = {"Accept-Encoding": "identity"}
+
+
+def _found(response: Any) -> bool:
+    """py-consul's response callback for a lookup: True on 200, False on 404, ConsulException otherwise."""
+    if response.code in (200, 404):
+        return bool(response.code == 200)
+    raise ConsulException(f"HTTP {response.code}: {response.body[:200]!r}")
 
 
 def _indexed_body(response: Any) -> tuple[int, bytes]:

@@ -230,3 +230,20 @@ class IdentityFolder:
         credentials = self.current
         return grpc.ssl_channel_credentials(credentials.trust_bundle, credentials.private_key,
                                             credentials.certificate_chain)
+
+
+__all__ = [
+    "AGENT_KIND",
+    "CA_FILE",
+    "CONSUL_AGENT",
+    "DEFAULT_POLL_S",
+    "GATEWAY",
+    "IDENTITY_FILE",
+    "SERVICE_KIND",
+    "TRUST_DOMAIN",
+    "Credentials",
+    "IdentityError",
+    "IdentityFolder",
+    "Workload",
+    "service_host_name",
+]

@@ -68,8 +68,9 @@ class UsersInstances:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
+        # Plaintext until this stack's gateway dials services with an identity of its own (mTLS: tests/runtime).
         env.update(CONSUL_HTTP_ADDR=self.consul.address, USERS_DATABASE_PATH=str(self.workdir / "users.db"),
-                   USERS_LOG_LEVEL="WARNING", USERS_SERVER__GRACE_S="1")
+                   USERS_LOG_LEVEL="WARNING", USERS_SERVER__GRACE_S="1", USERS_SECURITY__MODE="off")
         return env
 
     def passing_addresses(self) -> set[str]:

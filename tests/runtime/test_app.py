@@ -32,7 +32,9 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} [A-Z]+ [\w.]+ .+$
 
 
 def _env(consul_agent: ConsulAgent, **extra: str) -> dict[str, str]:
-    return {"CONSUL_HTTP_ADDR": consul_agent.address, "APPTEST_SERVER__DRAIN_S": "0", **extra}
+    # These tests are about the lifecycle; test_app_secured.py runs serve() with mTLS, ACLs and intentions.
+    return {"CONSUL_HTTP_ADDR": consul_agent.address, "APPTEST_SERVER__DRAIN_S": "0",
+            "APPTEST_SECURITY__MODE": "off", **extra}
 
 
 async def _passing(consul_agent: ConsulAgent, service: str) -> list[dict[str, Any]]:
@@ -174,7 +176,8 @@ async def test_a_wildcard_host_without_advertise_host_fails_before_serving(consu
 
 
 def _slow_service(consul_address: str, tmp_path: Path, **extra: str) -> ManagedProcess:
-    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_address, "PROTOMESH_CONFIG_DIR": str(tmp_path), **extra}
+    env = {**os.environ, "CONSUL_HTTP_ADDR": consul_address, "PROTOMESH_CONFIG_DIR": str(tmp_path),
+           "SLOWSVC_SECURITY__MODE": "off", **extra}
     return ManagedProcess(SLOW_SERVICE, [sys.executable, str(SLOW_SERVICE_SCRIPT)], log_dir=tmp_path / "logs",
                           env=env, cwd=project_root())
 
@@ -224,3 +227,22 @@ def test_run_exits_with_code_2_naming_the_bad_key_before_touching_consul(tmp_pat
     assert service.proc is not None
     assert service.proc.wait(timeout=30) == 2
     assert "server.port" in service.log_tail()
+
+
+def test_run_with_mtls_and_no_identity_folder_exits_with_code_2_naming_the_setting(tmp_path: Path) -> None:
+    service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SECURITY__MODE="mtls")
+    service.start()
+    assert service.proc is not None
+    assert service.proc.wait(timeout=30) == 2
+    assert "SLOWSVC_SECURITY__IDENTITY_DIR" in service.log_tail()
+
+
+def test_run_with_an_empty_identity_folder_exits_with_code_1_saying_what_writes_it(tmp_path: Path) -> None:
+    service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SECURITY__MODE="mtls",
+                            SLOWSVC_SECURITY__IDENTITY_DIR=str(tmp_path / "identity"))
+    service.start()
+    assert service.proc is not None
+    assert service.proc.wait(timeout=30) == 1
+    log = service.log_tail()
+    assert "identity.pem: missing" in log
+    assert "Traceback" not in log

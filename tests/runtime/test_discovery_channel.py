@@ -16,6 +16,7 @@ from localmesh.testing import ConsulAgent
 from protomesh._context import bind_call, reset_call
 from protomesh._discovery import DiscoveryChannel
 from protomesh.aio import poll_until
+from protomesh.auth import CLAIMS_KEY, Caller, bind_caller, reset_caller
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,32 @@ async def test_the_remaining_deadline_and_correlation_id_go_downstream(consul_ag
             reply = await stub.GetUser(REQUEST, timeout=30)  # outside a handler: the caller's own timeout
             assert reply.user.email.split("|")[0] == ""
             assert 25 < float(reply.user.email.split("|")[1]) < 30.5
+
+
+async def test_the_served_calls_trusted_claims_go_downstream_unless_the_caller_sets_its_own(
+        consul_agent: ConsulAgent) -> None:
+    claims_request = users_service_pb2.GetUserRequest(user_id="claims")
+    async with consul_client(consul_agent) as consul, serving("blue") as blue, registered(consul, blue):
+        await poll_until(lambda: passing_ids(consul_agent), timeout=10, what="passing")
+        async with await DiscoveryChannel.open(consul, "users") as channel:
+            stub = users_service_pb2_grpc.UserServiceStub(channel)
+            outside = await stub.GetUser(claims_request, timeout=5)
+            token = bind_caller(Caller("gateway", claims={"sub": "alice"}, raw_claims="eyJzdWIiOiJhbGljZSJ9"))
+            try:
+                forwarded = await stub.GetUser(claims_request, timeout=5)
+                own = await stub.GetUser(claims_request, timeout=5, metadata=((CLAIMS_KEY, "mine"),))
+            finally:
+                reset_caller(token)
+            ignored = bind_caller(Caller("billing"))  # claims it did not trust: nothing to forward
+            try:
+                untrusted = await stub.GetUser(claims_request, timeout=5)
+            finally:
+                reset_caller(ignored)
+
+    assert outside.user.user_id == ""
+    assert forwarded.user.user_id == "eyJzdWIiOiJhbGljZSJ9"
+    assert own.user.user_id == "mine"
+    assert untrusted.user.user_id == ""
 
 
 async def test_a_call_with_no_known_instance_fails_with_unavailable(consul_agent: ConsulAgent) -> None:

@@ -12,11 +12,23 @@ import protomesh
 
 PINNED: dict[str, set[str]] = {
     "protomesh": {
-        "Binding", "ConfigError", "ConfigStore", "ConsulClient", "ConsulSettings", "Context", "DiscoveryChannel",
-        "ObservabilitySettings", "ProtomeshInterceptor", "Registration", "RunningService", "Server", "ServerSettings",
-        "ServiceInstance", "ServiceSettings", "correlation_id", "default_interceptors", "load_settings", "run",
-        "seed_config", "serve", "time_remaining",
+        "Binding", "Caller", "ConfigError", "ConfigStore", "ConsulClient", "ConsulSettings", "Context",
+        "DiscoveryChannel", "ObservabilitySettings", "ProtomeshInterceptor", "Registration", "RunningService",
+        "SecuritySettings", "Server", "ServerSettings", "ServiceInstance", "ServiceSettings", "caller",
+        "config_kv_prefix", "correlation_id", "default_interceptors", "load_settings", "run", "seed_config", "serve",
+        "time_remaining",
     },
+    "protomesh.auth": {
+        "AUTH_OPTION", "CLAIMS_KEY", "MAX_CLAIMS_BYTES", "POLICY_KEY", "UNDECLARED", "Caller", "Policy", "RateLimit",
+        "Rule", "bind_caller", "caller", "decode_claims", "descriptor_set_rules", "effective_rule",
+        "forwarded_claims", "method_rule", "reset_caller", "scopes_of", "service_rules",
+    },
+    "protomesh.identity": {
+        "AGENT_KIND", "CA_FILE", "CONSUL_AGENT", "DEFAULT_POLL_S", "GATEWAY", "IDENTITY_FILE", "SERVICE_KIND",
+        "TRUST_DOMAIN", "Credentials", "IdentityError", "IdentityFolder", "Workload", "service_host_name",
+    },
+    "protomesh.intentions": {"FORWARD_CLAIMS_META", "INTENTIONS_PATH", "WILDCARD", "Intention", "Intentions",
+                             "precedence", "read_intentions"},
     "protomesh.aio": {"BackgroundTasks", "Backoff", "poll_until", "with_heartbeats"},
     "protomesh.consul": {
         "DEFAULT_BACKOFF_INITIAL_S", "DEFAULT_REQUEST_TIMEOUT_S", "DEFAULT_WAIT", "ConsulClient", "ServiceInstance",

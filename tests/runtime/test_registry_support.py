@@ -14,13 +14,15 @@ from localmesh.testing import ConsulAgent
 from protomesh._context import CORRELATION_ID_KEY
 from protomesh._registry import Registration
 from protomesh._settings import ConsulSettings
+from protomesh.auth import CLAIMS_KEY
 from protomesh.consul import ConsulClient
 
 USER_SERVICE = users_service_pb2.DESCRIPTOR.services_by_name["UserService"].full_name
 
 
 class TaggedUsers(users_service_pb2_grpc.UserServiceServicer):
-    """GetUser answers with the instance's tag, the correlation id it received and the time it had left."""
+    """GetUser answers with the instance's tag, the correlation id it received and the time it had left
+    (and, for user id "claims", the claims metadata it received as the user id)."""
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
@@ -29,7 +31,8 @@ class TaggedUsers(users_service_pb2_grpc.UserServiceServicer):
                       context: grpc.aio.ServicerContext) -> users_service_pb2.GetUserResponse:
         metadata = dict(context.invocation_metadata() or ())
         remaining = context.time_remaining()
-        user = users_pb2.User(user_id=request.user_id, display_name=self.tag,
+        user_id = str(metadata.get(CLAIMS_KEY, "")) if request.user_id == "claims" else request.user_id
+        user = users_pb2.User(user_id=user_id, display_name=self.tag,
                               email=f"{metadata.get(CORRELATION_ID_KEY, '')}|{remaining}")
         return users_service_pb2.GetUserResponse(user=user)
 

@@ -13,6 +13,7 @@ from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
 
 from protomesh import _context
 from protomesh._server import Binding, Server
+from protomesh.auth import caller
 from protomesh.errors import FieldViolation, InvalidArgument, NotFound
 
 SECRET = "secret db password"
@@ -31,6 +32,12 @@ class ScriptedUsers(users_service_pb2_grpc.UserServiceServicer):
                 raise NotFound("user missing does not exist")
             case "deny":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+            case "caller":  # who the runtime says is calling: "service|subject|scopes" and the SPIFFE id
+                who = caller()
+                if who is None:
+                    return _reply(user_id="", display_name="no caller")
+                return _reply(user_id=who.spiffe_id or "",
+                              display_name=f"{who.service}|{who.subject}|{' '.join(sorted(who.scopes))}")
             case "context":  # what the handler sees of the call context, for assertions on the client
                 remaining = _context.time_remaining()
                 # Microseconds: a downstream deadline a few hundred µs shorter must not round up to the caller's.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from protomesh._config import load_settings, seed_plan
-from protomesh._settings import ConfigError, ServerSettings, ServiceSettings
+from protomesh._settings import ConfigError, SecuritySettings, ServerSettings, ServiceSettings
 
 
 @dataclass(frozen=True)
@@ -175,3 +175,13 @@ def test_the_seed_plan_merges_the_environment_file_over_the_base_file(config_dir
     }
     seeded = load_settings(UsersSettings, "users", env={}, config_dir=config_dir.parent / "none", kv=plan)
     assert seeded == load_settings(UsersSettings, "users", env={"PROTOMESH_ENV": "test"}, config_dir=config_dir)
+
+
+def test_security_is_mtls_by_default_and_its_folder_comes_from_the_environment(tmp_path: Path) -> None:
+    default = load_settings(UsersSettings, "users", env={}, config_dir=tmp_path)
+    given = load_settings(UsersSettings, "users", env={"USERS_SECURITY__IDENTITY_DIR": "/run/identity",
+                                                       "USERS_SECURITY__TRUST_DOMAIN": "acme.test"},
+                          config_dir=tmp_path)
+
+    assert default.security == SecuritySettings(mode="mtls", identity_dir=None, trust_domain="protomesh.local")
+    assert given.security == SecuritySettings(identity_dir=Path("/run/identity"), trust_domain="acme.test")

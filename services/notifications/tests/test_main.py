@@ -41,7 +41,9 @@ class Service:
 async def service(consul_agent: ConsulAgent, rabbitmq_node: RabbitMQNode, tmp_path: Path) -> AsyncIterator[Service]:
     env = {"CONSUL_HTTP_ADDR": consul_agent.address, "NOTIFICATIONS_AMQP_URL": rabbitmq_node.url,
            "NOTIFICATIONS_DATABASE_PATH": str(tmp_path / "notifications.sqlite3"),
-           "NOTIFICATIONS_SERVER__GRACE_S": str(GRACE_S)}
+           "NOTIFICATIONS_SERVER__GRACE_S": str(GRACE_S),
+           # Plaintext on purpose: events and streams are tested here, mTLS in tests/runtime.
+           "NOTIFICATIONS_SECURITY__MODE": "off"}
     running = await serve(SERVICE, NotificationsSettings, build, env=env, config_dir=project_root() / "config")
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel, \

@@ -34,7 +34,9 @@ async def mesh(consul_agent: ConsulAgent, tmp_path: Path) -> AsyncIterator[Mesh]
     async def build_users(ctx: Context[ServiceSettings]) -> list[Binding]:
         return [servicer.binding()]
 
-    consul = {"CONSUL_HTTP_ADDR": consul_agent.address}
+    # Plaintext on purpose: these are about discovery, deadlines and the outbox (test_secured.py: mTLS).
+    consul = {"CONSUL_HTTP_ADDR": consul_agent.address, "USERS_SECURITY__MODE": "off",
+              "ORDERS_SECURITY__MODE": "off"}
     database = tmp_path / "orders.sqlite3"
     # Nothing listens on this port: the broker is down for the whole test.
     env = {**consul, "ORDERS_DATABASE_PATH": str(database),

@@ -30,7 +30,9 @@ def create_request(n: int) -> users_service_pb2.CreateUserRequest:
 async def test_served_in_process_it_registers_and_follows_max_page_size_from_consul_kv(
     consul_agent: ConsulAgent, tmp_path: Path
 ) -> None:
-    env = {"CONSUL_HTTP_ADDR": consul_agent.address, "USERS_DATABASE_PATH": str(tmp_path / "users.db")}
+    # Plaintext on purpose: this is about registration and KV; tests/runtime/test_app_secured.py covers mTLS.
+    env = {"CONSUL_HTTP_ADDR": consul_agent.address, "USERS_DATABASE_PATH": str(tmp_path / "users.db"),
+           "USERS_SECURITY__MODE": "off"}
     async with await serve(SERVICE, UsersSettings, build, env=env) as running:
         await poll_until(lambda: asyncio.to_thread(consul_agent.passing_instances, SERVICE),
                          what="users passing in Consul")
@@ -52,7 +54,7 @@ def test_python_m_app_registers_passing_answers_and_stops_cleanly_on_sigterm(
     consul_agent: ConsulAgent, tmp_path: Path
 ) -> None:
     env = {**os.environ, "CONSUL_HTTP_ADDR": consul_agent.address,
-           "USERS_DATABASE_PATH": str(tmp_path / "users.db")}
+           "USERS_DATABASE_PATH": str(tmp_path / "users.db"), "USERS_SECURITY__MODE": "off"}
     process = ManagedProcess(SERVICE, [sys.executable, "-m", "app"], log_dir=tmp_path / "logs", env=env,
                              cwd=SERVICE_DIR)
     process.start()
