@@ -53,8 +53,8 @@ class Registration:
         target = f"{address}:{port}/{grpc_services[0]}" if grpc_services else f"{address}:{port}"
         # An endpoint that is not a gRPC server (a scrape target such as Envoy's admin) is checked over HTTP.
         probe = {"HTTP": http_check} if http_check else {"GRPC": target}
-        check: dict[str, Any] = {**probe, "Interval": check_interval, "DeregisterCriticalServiceAfter": deregister_after,
-                                 "Status": initial_status}
+        check: dict[str, Any] = {**probe, "Interval": check_interval, "Status": initial_status,
+                                 "DeregisterCriticalServiceAfter": deregister_after}
         if tls and not http_check:
             # An mTLS port: the agent presents its own certificate (enable_agent_tls_for_checks). Consul 1.8 cannot
             # be told which server name to expect, so it skips verifying ours; the port still verifies the agent.
