@@ -52,7 +52,7 @@ def test_a_services_code_imports_only_the_runtime() -> None:
 
 
 def test_no_two_test_modules_share_a_file_name() -> None:
-    # pytest imports test modules by file name (the test folders are not packages): a second
-    # test_x.py anywhere stops the whole run at collection.
-    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    # pytest imports test modules, and the helpers beside them, by file name (the test folders are not
+    # packages): a second x.py anywhere under tests/ stops the whole run at collection.
+    names = [path.name for path in (ROOT / "tests").rglob("*.py") if path.name != "conftest.py"]
     assert sorted({name for name in names if names.count(name) > 1}) == []

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from edge_support import EdgeSecurity, SecureStack, https, start_secure_stack
 from gateway_support import step
 from secure_backend import FOREIGN, SECURE, Backend, Messages, compile_secure
-from security_support import EdgeSecurity, SecureStack, https, start_secure_stack
 
 from localmesh.testing import project_root, wait_until
 from localmesh.tokens import AUDIENCE, ISSUER

@@ -23,10 +23,10 @@ import grpc.aio
 import pytest
 import pytest_asyncio
 from cryptography import x509
+from edge_support import Answer, SecureStack, bearer, https, put_policy, start_secure_stack
 from gateway_support import step
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from secure_backend import FOREIGN, IMPOSTOR, SECURE, Backend, Messages, compile_secure
-from security_support import Answer, SecureStack, bearer, https, put_policy, start_secure_stack
 
 from localmesh import acl
 from localmesh.testing import project_root, wait_until

@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
-from security_support import GATEWAY, Pki, SecureConsul, claims_value, secure_channel, secure_consul
+from mtls_support import GATEWAY, Pki, SecureConsul, claims_value, secure_channel, secure_consul
 from test_server_support import bindings
 
 from protomesh._app import Context, serve

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from security_support import Pki, SecureConsul, secure_consul, until_intentions
+from mtls_support import Pki, SecureConsul, secure_consul, until_intentions
 
 from protomesh._access import AccessState
 from protomesh.aio import poll_until

@@ -16,7 +16,7 @@ import pytest
 from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from security_support import (
+from mtls_support import (
     AGENT,
     GATEWAY,
     Pki,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from security_support import Pki
+from mtls_support import Pki
 from test_server_support import bindings
 
 from protomesh._probe import ProbeTls

@@ -16,7 +16,7 @@ import grpc
 import pytest
 from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
 from cryptography import x509
-from security_support import Pki, SecureConsul, secure_consul, until_intentions
+from mtls_support import Pki, SecureConsul, secure_consul, until_intentions
 
 from localmesh.pki import Renewer
 from protomesh._access import AccessState
