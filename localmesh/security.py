@@ -36,6 +36,7 @@ from localmesh.pki import DevCA, Renewer, write_identity
 from localmesh.tokens import AUDIENCE, DevIssuer, parse_ttl
 from protomesh.auth import POLICY_KEY, Policy
 from protomesh.identity import CA_FILE, CONSUL_AGENT, GATEWAY, TRUST_DOMAIN, Workload
+from protomesh.intentions import Intention
 
 SECTION = "security"
 # Folders of a mesh's state: its development CA and its token issuer.
@@ -49,20 +50,6 @@ EDGE_FOLDER, GATEWAY_FOLDER = "gateway-edge", "gateway"
 EDGE_DNS_NAMES = ("localhost",)
 EDGE_IP_ADDRESSES = ("127.0.0.1", "::1")
 _INTENTION_DESCRIPTION = "protomesh topology"
-
-
-@dataclass(frozen=True)
-class Intention:
-    """One allowed call direction; `forward_claims`: the destination trusts the claims the source forwards."""
-
-    source: str
-    destination: str
-    forward_claims: bool = False
-
-    def consul_body(self) -> dict[str, object]:
-        return {"SourceName": self.source, "DestinationName": self.destination, "Action": "allow",
-                "Description": _INTENTION_DESCRIPTION,
-                "Meta": {"forward-claims": "true"} if self.forward_claims else {}}
 
 
 @dataclass(frozen=True)
@@ -151,7 +138,7 @@ def _intentions(raw: object, where: str) -> tuple[Intention, ...]:
                 "from", "to", "forward_claims"}:
             raise TopologyError(f"{where}[{index}]: expected {{from: SERVICE, to: SERVICE[, forward_claims: true]}}")
         made.append(Intention(str(entry["from"]), str(entry["to"]),
-                              _flag(entry, "forward_claims", False, f"{where}[{index}]")))
+                              forward_claims=_flag(entry, "forward_claims", False, f"{where}[{index}]")))
     return tuple(made)
 
 
@@ -242,11 +229,11 @@ def write_intentions(address: str, token: str, wanted: Sequence[Intention]) -> N
     current = {(i["SourceName"], i["DestinationName"]): i for i in existing if isinstance(i, dict)} \
         if isinstance(existing, list) else {}
     for intention in wanted:
-        body = intention.consul_body()
+        body = {**intention.to_consul(), "Description": _INTENTION_DESCRIPTION}
         found = current.pop((intention.source, intention.destination), None)
         if found is None:
             _consul(address, "POST", "/v1/connect/intentions", token, body)
-        elif found.get("Action") != "allow" or (found.get("Meta") or {}) != body["Meta"]:
+        elif found.get("Action") != body["Action"] or (found.get("Meta") or {}) != body["Meta"]:
             _consul(address, "PUT", f"/v1/connect/intentions/{found['ID']}", token, body)
     for stale in current.values():
         if stale.get("Description") == _INTENTION_DESCRIPTION:
