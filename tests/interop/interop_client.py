@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import os
 import re
+import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from localmesh.testing import MissingComponentError, find_binary
 
@@ -32,6 +34,7 @@ CLIENT_TIMEOUT_S = 40.0
 # the channel saw, and a pass is confirmed by the client's own words, not only by its exit status.
 CLIENT_ENV = {"GRPC_GO_LOG_SEVERITY_LEVEL": "info", "GRPC_GO_LOG_VERBOSITY_LEVEL": "0"}
 _DONE = re.compile(r"INFO: \[interop\] \w+ done$", re.MULTILINE)
+_BEARER = re.compile(r"^(authorization:Bearer )\S+$")
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,12 @@ class ClientRun:
 
     def report(self) -> str:
         return (f"interop case {self.case} exited {self.returncode} after {self.seconds:.1f}s\n"
-                f"$ {' '.join(self.argv)}\n{self.output}")
+                f"$ {self.command()}\n{self.output}")
+
+    def command(self) -> str:
+        """The command line as a shell takes it, with a bearer token shown as $TOKEN (tokens stay out of logs)."""
+        return " ".join(_BEARER.sub('"\\1$TOKEN"', arg) if _BEARER.match(arg) else shlex.quote(arg)
+                        for arg in self.argv)
 
 
 # The bootstrap step that installs the client (`make test` runs it; plain `make setup` does not).
@@ -66,8 +74,29 @@ def client_binary() -> str:
                                     "the bootstrap step of `make setup` that `make test` runs") from None
 
 
-def client_argv(case: str, host: str, port: int) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class Credentials:
+    """How the client reaches a secured gateway: TLS trusting ca_file, and a bearer token on every call.
+
+    The client reads `-ca_file` only together with `-use_test_ca` (without it, the system's roots). It has
+    no flag for a client certificate, so it cannot speak mTLS to a service port itself.
+    """
+
+    ca_file: Path
+    token: str | None = None
+
+    def argv(self) -> list[str]:
+        argv = ["-use_tls", "-use_test_ca", "-ca_file", str(self.ca_file)]
+        if self.token:
+            # `key:value` pairs separated by `;`; a JWT holds neither `;` nor anything the parser splits on.
+            argv += ["-additional_metadata", f"authorization:Bearer {self.token}"]
+        return argv
+
+
+def client_argv(case: str, host: str, port: int, credentials: Credentials | None = None) -> tuple[str, ...]:
     argv = [client_binary(), "-server_host", host, "-server_port", str(port), "-test_case", case]
+    if credentials is not None:
+        argv += credentials.argv()
     if case in ORCA_CASES:
         argv += ["-service_config_json", ORCA_SERVICE_CONFIG]
     if case in SOAK_CASES:
@@ -75,9 +104,11 @@ def client_argv(case: str, host: str, port: int) -> tuple[str, ...]:
     return tuple(argv)
 
 
-async def run_case(case: str, port: int, host: str = "127.0.0.1") -> ClientRun:
-    """Run the client in a child process (the loop keeps serving meanwhile); killed after CLIENT_TIMEOUT_S."""
-    argv = client_argv(case, host, port)
+async def run_case(case: str, port: int, host: str = "127.0.0.1", *,
+                   credentials: Credentials | None = None) -> ClientRun:
+    """Run the client in a child process (the loop keeps serving meanwhile); killed after CLIENT_TIMEOUT_S.
+    Without credentials it speaks plaintext."""
+    argv = client_argv(case, host, port, credentials)
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
                                                    stderr=asyncio.subprocess.STDOUT,

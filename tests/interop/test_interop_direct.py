@@ -1,4 +1,10 @@
-"""grpc-go's interop client passes every credential-free case against the TestService served by the runtime."""
+"""grpc-go's interop client passes every credential-free case against the TestService served by the runtime.
+
+Plaintext on purpose: a secured service port speaks mTLS only, and grpc-go's interop client has no flag for a
+client certificate (only -use_tls, -use_test_ca, -ca_file, -server_host_override and ALTS or Google
+credentials), so it cannot present one. The secured path (TLS, a token, mTLS behind the gateway) is
+test_interop_gateway.py's.
+"""
 
 from __future__ import annotations
 
