@@ -1,8 +1,11 @@
 """The protomesh conformance scenario over native gRPC (grpc.aio) through the gateway.
 
-    .venv/bin/python clients/python/conformance.py --target 127.0.0.1:8080 [--ca-file PATH] [--token JWT]
+    TOKEN=$(.venv/bin/protomesh token --sub ada --scope users:read --scope orders:write --scope notifications:read)
+    CA=var/mesh/pki/ca.pem
+    .venv/bin/python clients/python/conformance.py --target 127.0.0.1:8080 --ca-file "$CA" --token "$TOKEN"
 
-It prints one line per step and exits 1 on the first step that does not get what it expects.
+It speaks TLS (trusting --ca-file, else the system's roots), sends the token on every call, prints one line per
+step and exits 1 on the first step that does not get what it expects.
 """
 
 from __future__ import annotations
@@ -44,11 +47,10 @@ class StepFailed(Exception):
 class Scenario:
     """The steps, in order, and what they hand on to each other: the user, its watch and its order."""
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
         self._users = users_grpc.UserServiceStub(channel)
         self._orders = orders_grpc.OrderServiceStub(channel)
         self._notifications = notifications_grpc.NotificationServiceStub(channel)
-        self._metadata = metadata
         self._email = f"conformance-py-{uuid.uuid4().hex[:12]}@example.com"
         self._user_id = ""
         self._order_id = ""
@@ -83,8 +85,7 @@ class Scenario:
 
     async def create_user(self) -> str:
         reply = await _expect_ok(self._users.CreateUser(users_pb.CreateUserRequest(
-            user=users_pb2.User(email=self._email, display_name="Ada")), timeout=CALL_TIMEOUT_S,
-            metadata=self._metadata))
+            user=users_pb2.User(email=self._email, display_name="Ada")), timeout=CALL_TIMEOUT_S))
         if not reply.user.user_id:
             raise StepFailed("expected a user id, got an empty one")
         self._user_id = reply.user.user_id
@@ -92,20 +93,19 @@ class Scenario:
 
     async def duplicate_email(self) -> str:
         await _expect_code(self._users.CreateUser(users_pb.CreateUserRequest(
-            user=users_pb2.User(email=self._email, display_name="Ada again")), timeout=CALL_TIMEOUT_S,
-            metadata=self._metadata), grpc.StatusCode.ALREADY_EXISTS)
+            user=users_pb2.User(email=self._email, display_name="Ada again")), timeout=CALL_TIMEOUT_S),
+            grpc.StatusCode.ALREADY_EXISTS)
         return "-> ALREADY_EXISTS"
 
     async def unknown_id(self) -> str:
         await _expect_code(self._users.GetUser(users_pb.GetUserRequest(user_id=f"no-such-user-{uuid.uuid4().hex}"),
-                                               timeout=CALL_TIMEOUT_S, metadata=self._metadata),
-                           grpc.StatusCode.NOT_FOUND)
+                                               timeout=CALL_TIMEOUT_S), grpc.StatusCode.NOT_FOUND)
         return "-> NOT_FOUND"
 
     async def invalid_email(self) -> str:
         error = await _expect_code(self._users.CreateUser(users_pb.CreateUserRequest(
-            user=users_pb2.User(email="not-an-email", display_name="Ada")), timeout=CALL_TIMEOUT_S,
-            metadata=self._metadata), grpc.StatusCode.INVALID_ARGUMENT)
+            user=users_pb2.User(email="not-an-email", display_name="Ada")), timeout=CALL_TIMEOUT_S),
+            grpc.StatusCode.INVALID_ARGUMENT)
         # The field violations travel in grpc-status-details-bin; rpc_status decodes google.rpc.Status.
         status = rpc_status.from_call(error)
         details = list(status.details) if status is not None else []
@@ -119,8 +119,7 @@ class Scenario:
 
     async def open_watch(self) -> str:
         self._watch = self._notifications.WatchNotifications(
-            notifications_pb.WatchNotificationsRequest(user_id=self._user_id), timeout=WATCH_TIMEOUT_S,
-            metadata=self._metadata)
+            notifications_pb.WatchNotificationsRequest(user_id=self._user_id), timeout=WATCH_TIMEOUT_S)
         # The server sends headers once the watch is subscribed: anything recorded from then on reaches us.
         await self._watch.initial_metadata()
         if self._watch.done():
@@ -130,7 +129,7 @@ class Scenario:
     async def place_order(self) -> str:
         reply = await _expect_ok(self._orders.CreateOrder(orders_pb.CreateOrderRequest(order=orders_pb2.Order(
             user_id=self._user_id, line_items=[orders_pb2.LineItem(sku="book", quantity=2, unit_price_cents=1250)])),
-            timeout=CALL_TIMEOUT_S, metadata=self._metadata))
+            timeout=CALL_TIMEOUT_S))
         order = reply.order
         if order.total_cents != 2500 or order.state != orders_pb2.ORDER_STATE_CREATED:
             raise StepFailed(f"expected total 2500 in ORDER_STATE_CREATED, got {order.total_cents} in "
@@ -153,7 +152,7 @@ class Scenario:
     async def cancel_order(self) -> str:
         reply = await _expect_ok(self._orders.CancelOrder(
             orders_pb.CancelOrderRequest(order_id=self._order_id, reason="conformance run"),
-            timeout=CALL_TIMEOUT_S, metadata=self._metadata))
+            timeout=CALL_TIMEOUT_S))
         state = orders_pb2.OrderState.Name(reply.order.state)
         if reply.order.state != orders_pb2.ORDER_STATE_CANCELLED:
             raise StepFailed(f"expected ORDER_STATE_CANCELLED, got {state}")
@@ -163,7 +162,7 @@ class Scenario:
         """A unary GetUser through a local gateway can answer within 1 ms, so the call held to a 1 ms deadline
         is a watch, which only ends when its deadline does."""
         watch = self._notifications.WatchNotifications(
-            notifications_pb.WatchNotificationsRequest(user_id=self._user_id), timeout=0.001, metadata=self._metadata)
+            notifications_pb.WatchNotificationsRequest(user_id=self._user_id), timeout=0.001)
 
         async def drain() -> None:
             async for _ in watch:
@@ -199,23 +198,22 @@ async def _describe_call(call: _Watch) -> str:
     return f'{(await call.code()).name} ("{await call.details()}")'
 
 
-def _channel(target: str, ca_file: Path | None) -> grpc.aio.Channel:
-    if ca_file is None:
-        return grpc.aio.insecure_channel(target)
-    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes()))
+def _channel(target: str, ca_file: Path | None, token: str | None) -> grpc.aio.Channel:
+    """TLS trusting ca_file (None: the system's roots), and the token as `authorization: Bearer` on every call."""
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes() if ca_file else None)
+    if token:
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
+    return grpc.aio.secure_channel(target, credentials)
 
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--target", default="127.0.0.1:8080", help="gateway address host:port")
-    parser.add_argument("--ca-file", type=Path, help="PEM file of the CA to trust; enables TLS")
+    parser.add_argument("--ca-file", type=Path, help="PEM file of the CA to trust (default: the system's roots)")
     parser.add_argument("--token", help="token sent as 'authorization: Bearer TOKEN' on every call")
     args = parser.parse_args(argv)
-    # Sent as call metadata rather than call credentials, which grpc only allows over TLS: a local gateway
-    # is plaintext, and whoever passes --token without --ca-file has chosen that.
-    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
-    async with _channel(args.target, args.ca_file) as channel:
-        scenario = Scenario(channel, metadata)
+    async with _channel(args.target, args.ca_file, args.token) as channel:
+        scenario = Scenario(channel)
         if not await scenario.run():
             return 1
     print(f"all {len(scenario.steps())} steps ok")

@@ -1,8 +1,10 @@
 // The protomesh conformance scenario over native gRPC (Connect's gRPC transport) through the gateway.
 //
-//   node dist/src/conformance.js --target 127.0.0.1:8080 [--ca-file PATH] [--token JWT]
+//   TOKEN=$(.venv/bin/protomesh token --sub ada --scope users:read --scope orders:write --scope notifications:read)
+//   node clients/ts/dist/src/conformance.js --target 127.0.0.1:8080 --ca-file var/mesh/pki/ca.pem --token "$TOKEN"
 //
-// It prints one line per step and exits 1 on the first step that does not get what it expects.
+// It speaks TLS (trusting --ca-file, else Node's roots), sends the token on every call, prints one line per step
+// and exits 1 on the first step that does not get what it expects.
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -34,7 +36,7 @@ class Scenario {
 
   constructor(options: { target: string; caFile?: string; token?: string }) {
     const transport = createGrpcTransport({
-      baseUrl: `${options.caFile ? "https" : "http"}://${options.target}`,
+      baseUrl: `https://${options.target}`,
       nodeOptions: options.caFile ? { ca: readFileSync(options.caFile) } : {},
       interceptors: options.token ? [bearer(options.token)] : [],
       defaultTimeoutMs: CALL_TIMEOUT_MS,

@@ -16,11 +16,9 @@ import acme.users.v1.UsersService.GetUserRequest;
 import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
-import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptors;
 import io.grpc.Context;
 import io.grpc.Grpc;
-import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
 import io.grpc.Status;
@@ -38,9 +36,13 @@ import java.util.concurrent.TimeUnit;
 /**
  * The protomesh conformance scenario over native gRPC through the gateway, with grpc-java's blocking stubs.
  *
- * <pre>java -jar target/conformance.jar --target 127.0.0.1:8080 [--ca-file PATH] [--token JWT]</pre>
+ * <pre>
+ * TOKEN=$(.venv/bin/protomesh token --sub ada --scope users:read --scope orders:write --scope notifications:read)
+ * java -jar clients/java/target/conformance.jar --target 127.0.0.1:8080 --ca-file var/mesh/pki/ca.pem --token "$TOKEN"
+ * </pre>
  *
- * <p>It prints one line per step and exits 1 on the first step that does not get what it expects.
+ * <p>It speaks TLS (trusting {@code --ca-file}, else the JDK's roots), sends the token on every call, prints one
+ * line per step and exits 1 on the first step that does not get what it expects.
  */
 public final class Conformance {
   /** Every unary call gets this deadline; a healthy local mesh answers in milliseconds. */
@@ -262,11 +264,13 @@ public final class Conformance {
     return status.getCode() + " (\"" + status.getDescription() + "\")";
   }
 
+  /** TLS, trusting the CA file when one is given and the JDK's roots otherwise. */
   static ManagedChannel dial(Options options) throws IOException {
-    ChannelCredentials credentials = options.caFile() == null
-        ? InsecureChannelCredentials.create()
-        : TlsChannelCredentials.newBuilder().trustManager(new File(options.caFile())).build();
-    return Grpc.newChannelBuilder(options.target(), credentials).build();
+    TlsChannelCredentials.Builder tls = TlsChannelCredentials.newBuilder();
+    if (options.caFile() != null) {
+      tls.trustManager(new File(options.caFile()));
+    }
+    return Grpc.newChannelBuilder(options.target(), tls.build()).build();
   }
 
   /** Command-line options, spelled the same in every client. */
