@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,22 @@ def response_schema(document: Json, method: str, path: str, status: int) -> Json
     responses = document["paths"][path][method.lower()]["responses"]
     schema: Json = responses[str(status)]["schema"] if str(status) in responses else responses["default"]["schema"]
     return schema
+
+
+def operations(document: Json) -> Iterator[tuple[str, str, Json]]:
+    """Every operation of the document: (HTTP method in capitals, path template, the operation object)."""
+    for template, item in document["paths"].items():
+        for method, operation in item.items():
+            yield method.upper(), template, operation
+
+
+def required_scopes(document: Json, operation: Json) -> frozenset[str] | None:
+    """What the document says an operation needs: None when it is public (`security: []`), else the scopes of
+    its `x-scopes` (empty: any valid token), with a bearer token."""
+    security = operation.get("security", document.get("security", []))
+    if not security:
+        return None
+    return frozenset(operation.get("x-scopes", ()))
 
 
 def problems(value: object, schema: Json, document: Json, where: str = "$") -> list[str]:
