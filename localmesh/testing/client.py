@@ -63,10 +63,12 @@ class GatewayClient:
             return None
         return ssl.create_default_context(cafile=str(self.ca_file))
 
-    def session(self, token: str | None = None) -> aiohttp.ClientSession:
-        """An aiohttp session to the gateway: the CA trusted, the token (if any) on every request."""
+    def session(self, token: str | None = None, *, limit: int = 100) -> aiohttp.ClientSession:
+        """An aiohttp session to the gateway (at most `limit` connections): the CA trusted, the token (if any) on
+        every request."""
         context = self.ssl_context()
-        connector = aiohttp.TCPConnector(ssl=context) if context is not None else aiohttp.TCPConnector()
+        connector = aiohttp.TCPConnector(ssl=context, limit=limit) if context is not None else \
+            aiohttp.TCPConnector(limit=limit)
         return aiohttp.ClientSession(connector=connector, headers=self.headers(token))
 
     def channel_credentials(self, token: str | None = None) -> grpc.ChannelCredentials:
