@@ -363,12 +363,18 @@ step_swaggerui() {
 }
 
 # `make test`: Debian's Chromium for the browser test of /docs (playwright-core drives it; it never downloads one).
+# The browser test trusts the mesh's CA the way a person would: certutil (libnss3-tools) adds it to the NSS
+# database of the throwaway profile's HOME, which Chromium on Linux reads.
 step_chromium() {
-  step "chromium (Debian package, for the /docs browser test)"
-  if [ -x /usr/bin/chromium ]; then ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"; return; fi
-  as_root || die "chromium is missing: run 'sudo apt-get install -y chromium'"
-  apt_install chromium
-  ok "$(first_line /usr/bin/chromium --version 2>/dev/null)"
+  step "chromium + certutil (Debian packages chromium, libnss3-tools, for the /docs browser test)"
+  local missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  type -P certutil >/dev/null || missing+=(libnss3-tools)
+  if [ ${#missing[@]} -gt 0 ]; then
+    as_root || die "${missing[*]} missing: run 'sudo apt-get install -y ${missing[*]}'"
+    apt_install "${missing[@]}"
+  fi
+  ok "$(first_line /usr/bin/chromium --version 2>/dev/null), certutil at $(type -P certutil)"
 }
 
 # `make test`: playwright-core for the browser test, pinned by tests/e2e/browser/package-lock.json.
