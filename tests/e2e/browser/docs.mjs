@@ -1,8 +1,11 @@
-// Opens the gateway's /docs in Debian's Chromium (playwright-core, never a downloaded browser), runs "Try it out"
-// on CreateUser and then GetUser with the id it returned, reads both 200 answers off the page, saves a
+// Opens the gateway's /docs over https in Debian's Chromium (playwright-core, never a downloaded browser), the
+// mesh's CA trusted through the NSS database in --home (what Chromium on Linux reads; no certificate error is
+// ignored), runs "Try it out" on CreateUser, authorizes with a bearer token in Swagger UI's dialog, runs GetUser
+// with the id CreateUser returned, logs out and runs it again; reads every answer off the page, saves a
 // screenshot, and prints what it saw as one JSON line. tests/e2e/test_docs_in_a_browser.py runs it.
 //
-//   node docs.mjs --url http://127.0.0.1:8080 --screenshot out.png --user-data-dir /tmp/fresh [--chromium PATH]
+//   node docs.mjs --url https://127.0.0.1:8080 --home /tmp/home-with-nssdb --untrusted-home /tmp/empty-home \
+//        --token JWT --screenshot out.png --user-data-dir /tmp/fresh [--chromium PATH] [--email ADDRESS]
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
 
@@ -14,10 +17,15 @@ const CHROMIUM_FLAGS = [
 ];
 // Every wait is bounded; swagger-ui renders in well under a second on loopback.
 const TIMEOUT_MS = 15_000;
+// What Chromium reports for a certificate that chains to a CA it does not trust.
+const UNTRUSTED = "net::ERR_CERT_AUTHORITY_INVALID";
 
 const { values: args } = parseArgs({
   options: {
     url: { type: "string" },
+    home: { type: "string" },
+    "untrusted-home": { type: "string" },
+    token: { type: "string" },
     screenshot: { type: "string" },
     "user-data-dir": { type: "string" },
     chromium: { type: "string", default: "/usr/bin/chromium" },
@@ -25,12 +33,38 @@ const { values: args } = parseArgs({
   },
 });
 
-// Expands an operation, presses "Try it out", lets `fill` set its inputs, executes it and returns the live answer.
+// A persistent context whose HOME is `home`: its NSS database (~/.pki/nssdb) says which CAs Chromium trusts.
+function launch(userDataDir, home) {
+  return chromium.launchPersistentContext(userDataDir, {
+    executablePath: args.chromium, headless: true, args: CHROMIUM_FLAGS, viewport: { width: 1280, height: 1600 },
+    env: { ...process.env, HOME: home },
+  });
+}
+
+// Without the CA in its NSS database the same Chromium refuses the gateway's certificate: the error it gives.
+async function untrustedError(origin) {
+  const context = await launch(`${args["user-data-dir"]}-untrusted`, args["untrusted-home"]);
+  try {
+    const page = context.pages()[0] ?? await context.newPage();
+    await page.goto(`${origin}/docs`, { timeout: TIMEOUT_MS });
+    return null;
+  } catch (error) {
+    return String(error.message).includes(UNTRUSTED) ? UNTRUSTED : String(error.message);
+  } finally {
+    await context.close();
+  }
+}
+
+// Expands an operation (once), presses "Try it out" (once), lets `fill` set its inputs, executes it and returns the
+// live answer.
 async function tryItOut(page, operationId, tag, fill) {
   const block = page.locator(`#operations-${tag}-${operationId}`);
-  await block.locator(".opblock-summary").first().click();
-  await block.locator("button.try-out__btn").click();
+  if (!(await block.locator(".opblock-body").isVisible())) await block.locator(".opblock-summary").first().click();
+  const tryOut = block.locator("button.try-out__btn");
+  if ((await tryOut.innerText()).trim() === "Try it out") await tryOut.click();
   await fill(block);
+  const previous = await block.locator(".live-responses-table").count();
+  if (previous > 0) await block.locator("button.btn-clear").click();
   await block.locator("button.execute").click();
   const answer = block.locator(".live-responses-table tbody .response").first();
   await answer.waitFor({ timeout: TIMEOUT_MS });
@@ -39,38 +73,69 @@ async function tryItOut(page, operationId, tag, fill) {
   return { block, status: Number.parseInt(status, 10), body: JSON.parse(body) };
 }
 
+// Swagger UI's "Authorize" dialog: the bearer scheme is an API key in the Authorization header, so the value
+// typed is the header's, `Bearer <token>`. With a token it authorizes, without one it logs out; its buttons are
+// found by their accessible names, and each click is checked by the button that replaces it.
+async function authorize(page, token) {
+  await page.locator(".scheme-container button.authorize").click();
+  const dialog = page.locator(".dialog-ux .modal-ux");
+  await dialog.waitFor();
+  const apply = dialog.getByRole("button", { name: "Apply credentials" });
+  const remove = dialog.getByRole("button", { name: "Remove authorization" });
+  if (token) {
+    await dialog.locator(".auth-container input").fill(`Bearer ${token}`);
+    await apply.click();
+    await remove.waitFor();
+  } else {
+    await remove.click();
+    await apply.waitFor();
+  }
+  await dialog.getByRole("button", { name: "Close" }).click();
+  await dialog.waitFor({ state: "detached" });
+}
+
 async function main() {
   const origin = new URL(args.url).origin;
+  const untrusted = await untrustedError(origin);
   const offsite = [];
-  const context = await chromium.launchPersistentContext(args["user-data-dir"], {
-    executablePath: args.chromium, headless: true, args: CHROMIUM_FLAGS, viewport: { width: 1280, height: 1400 },
-  });
+  const sent = [];
+  const context = await launch(args["user-data-dir"], args.home);
   try {
     const page = context.pages()[0] ?? await context.newPage();
     page.setDefaultTimeout(TIMEOUT_MS);
     // Everything the page loads must come from the gateway: a CDN request is recorded and refused.
     await page.route("**/*", (route) => {
-      const url = route.request().url();
-      if (new URL(url).origin === origin) return route.continue();
-      offsite.push(url);
-      return route.abort();
+      const request = route.request();
+      if (new URL(request.url()).origin !== origin) {
+        offsite.push(request.url());
+        return route.abort();
+      }
+      if (new URL(request.url()).pathname.startsWith("/v1/")) {
+        sent.push({ method: request.method(), path: new URL(request.url()).pathname,
+                    authorization: request.headers()["authorization"] ?? null });
+      }
+      return route.continue();
     });
-    await page.goto(`${origin}/docs`);
+    const response = await page.goto(`${origin}/docs`);
+    const security = await response.securityDetails();
     await page.locator(".swagger-ui .info .title").waitFor();
     const title = (await page.locator(".swagger-ui .info .title").innerText()).trim();
 
     const created = await tryItOut(page, "UserService_CreateUser", "UserService", async (block) => {
       await block.locator("textarea.body-param__text").fill(JSON.stringify({ email: args.email, displayName: "Ada" }));
     });
-    const userId = created.body?.user?.userId;
-    const fetched = await tryItOut(page, "UserService_GetUser", "UserService", async (block) => {
-      await block.locator('tr[data-param-name="userId"] input').fill(String(userId));
-    });
+    const userId = String(created.body?.user?.userId);
+    const getUser = (block) => block.locator('tr[data-param-name="userId"] input').fill(userId);
+    await authorize(page, args.token);
+    const fetched = await tryItOut(page, "UserService_GetUser", "UserService", getUser);
     await fetched.block.locator(".live-responses-table").scrollIntoViewIfNeeded();
     await page.screenshot({ path: args.screenshot });
+    await authorize(page, null);
+    const anonymous = await tryItOut(page, "UserService_GetUser", "UserService", getUser);
+    const answer = ({ status, body }) => ({ status, body });
     console.log(JSON.stringify({
-      title, offsite, created: { status: created.status, body: created.body },
-      fetched: { status: fetched.status, body: fetched.body },
+      title, untrusted, offsite, sent, tls: { protocol: security?.protocol, issuer: security?.issuer },
+      created: answer(created), fetched: answer(fetched), anonymous: answer(anonymous),
     }));
   } finally {
     await context.close();
