@@ -44,7 +44,7 @@ EXCLUDED_CHECKS = {
     # unknown method token (QUERY) with 400 from the HTTP codec, instead of 405 + Allow: a gateway fix, reported.
     "unsupported_method": "the gateway answers undeclared methods 404 (or 400), not 405",
 }
-# Operations left out of the run: a server stream stays open until the route timeout; the walkthrough tests it.
+# Operations left out of the run: a server stream stays open until its client ends it; the walkthrough tests it.
 EXCLUDED_OPERATIONS = ("NotificationService_WatchNotifications",)
 # Bounds of each run (2 shared cores): examples per operation, seconds, and one worker (schemathesis' threads
 # trip a CPython 3.11 ast.parse race inside hypothesis).
