@@ -80,7 +80,8 @@ def _yaml_file(path: Path) -> object:
 def _consul_entries(settings_type: type, env: Mapping[str, str]) -> list[tuple[FieldPath, str, str]]:
     if "consul" not in getattr(settings_type, "__dataclass_fields__", {}):
         return []
-    entries = [(path, env[name], f"env {name}") for name, path in _CONSUL_ENV.items() if name in env]
+    entries: list[tuple[FieldPath, str, str]] = [(path, env[name], f"env {name}") for name, path in
+                                                 _CONSUL_ENV.items() if name in env]
     token_file = env.get(CONSUL_TOKEN_FILE_ENV)
     if token_file and "CONSUL_HTTP_TOKEN" not in env:
         try:
