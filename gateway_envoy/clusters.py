@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
@@ -99,3 +101,18 @@ def build_load_assignment(service: ConsulService) -> endpoint_pb2.ClusterLoadAss
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=service.name,
         endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=lb_endpoints)])
+
+
+def fixed_address_cluster(name: str, host: str, port: int, connect_timeout_s: float) -> cluster_pb2.Cluster:
+    """A cluster of one endpoint the gateway itself knows (the docs server, the trace collector, an issuer's
+    JWKS): STATIC for an IP, STRICT_DNS for a name (`controlplane` or `otelcol` in containers)."""
+    try:
+        ipaddress.ip_address(host)
+        kind = cluster_pb2.Cluster.STATIC
+    except ValueError:
+        kind = cluster_pb2.Cluster.STRICT_DNS
+    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
+        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))))
+    return cluster_pb2.Cluster(name=name, type=kind, connect_timeout=_seconds(connect_timeout_s),
+                               load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
+                                   endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]))

@@ -18,9 +18,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from gateway_envoy.ads import AdsServer
 from gateway_envoy.consul_watch import CatalogWatcher
-from gateway_envoy.descriptor import DEFAULT_POLL_S, Descriptor, DescriptorError, read_descriptor, watch_descriptor
+from gateway_envoy.descriptor import Descriptor, DescriptorError, read_descriptor, watch_descriptor
 from gateway_envoy.docs import DocsSite, encode
-from gateway_envoy.edge_inputs import PolicyWatcher, follow_edge_inputs
+from gateway_envoy.edge_inputs import PolicyWatcher, follow_edge_inputs, read_when_ready
 from gateway_envoy.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway_envoy.options import DEFAULT_LISTEN_HOST, DEFAULT_LISTEN_PORT, DEFAULT_XDS_PORT, GatewayOptions, JwtOptions
 from gateway_envoy.reflection import GatewayReflection
@@ -190,15 +190,8 @@ def docs_address(args: argparse.Namespace) -> str:
 
 async def wait_for_descriptor(path: Path) -> Descriptor:
     """The descriptor set, once it is readable: the gateway has nothing to serve before `make protos`."""
-    warned = False
-    while True:
-        try:
-            return await asyncio.to_thread(read_descriptor, path)
-        except DescriptorError as exc:
-            if not warned:
-                log.warning("waiting for the descriptor set (run `make protos`): %s", exc)
-                warned = True
-            await asyncio.sleep(DEFAULT_POLL_S)
+    return await read_when_ready(read_descriptor, path, DescriptorError,
+                                 what="the descriptor set (run `make protos`)")
 
 
 async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",

@@ -7,17 +7,15 @@ of their own (`docs_cluster`, `docs_routes`), ahead of the REST catch-all, with 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.route.v3 import route_components_pb2
 from google.protobuf.duration_pb2 import Duration
 
+from gateway_envoy.clusters import fixed_address_cluster
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import TRANSCODER_FILTER
 
@@ -133,19 +131,7 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}
 def docs_cluster(options: GatewayOptions) -> cluster_pb2.Cluster:
     """The control plane's docs server, by the address Envoy reaches it at: an IP (local) or a name (compose)."""
     host, _, port = options.docs_address.rpartition(":")
-    try:
-        ipaddress.ip_address(host)
-        kind = cluster_pb2.Cluster.STATIC
-    except ValueError:
-        kind = cluster_pb2.Cluster.STRICT_DNS
-    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
-        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=int(port)))))
-    timeout = Duration()
-    timeout.FromMilliseconds(round(options.connect_timeout_s * 1000))
-    endpoints = [endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]
-    return cluster_pb2.Cluster(
-        name=DOCS_CLUSTER, type=kind, connect_timeout=timeout,
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=DOCS_CLUSTER, endpoints=endpoints))
+    return fixed_address_cluster(DOCS_CLUSTER, host, int(port), options.connect_timeout_s)
 
 
 def docs_routes(options: GatewayOptions) -> list[route_components_pb2.Route]:

@@ -10,12 +10,10 @@ so a REST path cannot skip a rule the gRPC path has.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, extension_pb2, http_uri_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import base_pb2, extension_pb2, http_uri_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
@@ -31,6 +29,7 @@ from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from gateway_envoy.access import AccessRules, PathRule
+from gateway_envoy.clusters import fixed_address_cluster
 from gateway_envoy.docs import DOCS_PATH, OPENAPI_PATH
 from gateway_envoy.errors import JWT_FAILURE_KEY, JWT_METADATA_NAMESPACE
 from gateway_envoy.options import JwtOptions
@@ -124,17 +123,7 @@ def jwks_cluster(options: JwtOptions, connect_timeout_s: float) -> cluster_pb2.C
     uri = urllib.parse.urlsplit(options.jwks_uri)
     host = uri.hostname or ""
     port = uri.port or (443 if uri.scheme == "https" else 80)
-    try:
-        ipaddress.ip_address(host)
-        kind = cluster_pb2.Cluster.STATIC
-    except ValueError:
-        kind = cluster_pb2.Cluster.STRICT_DNS
-    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(
-        address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=host, port_value=port))))
-    endpoints = [endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]
-    cluster = cluster_pb2.Cluster(
-        name=JWKS_CLUSTER, type=kind, connect_timeout=_duration(connect_timeout_s),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=JWKS_CLUSTER, endpoints=endpoints))
+    cluster = fixed_address_cluster(JWKS_CLUSTER, host, port, connect_timeout_s)
     if uri.scheme == "https":
         cluster.transport_socket.CopyFrom(public_transport_socket(host, options.jwks_ca))
     return cluster

@@ -11,12 +11,14 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from protomesh.aio import BackgroundTasks
 from protomesh.auth import POLICY_KEY, Policy
 from protomesh.consul import DEFAULT_WAIT, ConsulClient, watch
 from protomesh.identity import DEFAULT_POLL_S, Credentials, IdentityError, IdentityFolder
 
+T = TypeVar("T")
 log = logging.getLogger("gateway_envoy.edge_inputs")
 
 # A JWKS larger than this is not a key set: Envoy would carry it in every jwt_authn configuration.
@@ -45,16 +47,23 @@ def read_jwks(path: Path) -> str:
     return text
 
 
-async def wait_for_jwks(path: Path, *, poll_s: float = DEFAULT_POLL_S) -> str:
+async def read_when_ready(read: Callable[[Path], T], path: Path, error: type[Exception], *, what: str,
+                          poll_s: float = DEFAULT_POLL_S) -> T:
+    """read(path) once it succeeds (off the loop), polling every poll_s; the first failure is logged once, with
+    what the file is and how it comes to exist."""
     warned = False
     while True:
         try:
-            return await asyncio.to_thread(read_jwks, path)
-        except JwksError as exc:
+            return await asyncio.to_thread(read, path)
+        except error as exc:
             if not warned:
-                log.warning("waiting for the JWKS file: %s", exc)
+                log.warning("waiting for %s: %s", what, exc)
                 warned = True
             await asyncio.sleep(poll_s)
+
+
+async def wait_for_jwks(path: Path, *, poll_s: float = DEFAULT_POLL_S) -> str:
+    return await read_when_ready(read_jwks, path, JwksError, what="the JWKS file", poll_s=poll_s)
 
 
 async def watch_jwks(path: Path, on_change: Callable[[str], None], *, current: str,

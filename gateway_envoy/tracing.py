@@ -7,15 +7,14 @@ gateway is a span (service `gateway`), an incoming `traceparent` is kept, and th
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, grpc_service_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.core.v3 import grpc_service_pb2
 from envoy.config.trace.v3 import http_tracer_pb2, opentelemetry_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.type.v3 import percent_pb2
 from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.wrappers_pb2 import BoolValue
 
-from gateway_envoy.clusters import _seconds, http2_protocol_options
+from gateway_envoy.clusters import _seconds, fixed_address_cluster, http2_protocol_options
 from gateway_envoy.options import GatewayOptions
 
 # Not a Consul service name (those are DNS labels without dots), so it cannot collide with one.
@@ -50,18 +49,11 @@ def build_tracing(options: GatewayOptions) -> hcm.HttpConnectionManager.Tracing 
 
 
 def build_collector_cluster(options: GatewayOptions) -> cluster_pb2.Cluster | None:
-    """The collector as an HTTP/2 cluster (DNS-resolved: `otelcol` in containers, 127.0.0.1 locally)."""
+    """The collector as an HTTP/2 cluster (`otelcol` in containers, 127.0.0.1 locally)."""
     if not options.tracing_endpoint:
         return None
     host, port = _endpoint(options)
-    cluster = cluster_pb2.Cluster(
-        name=COLLECTOR_CLUSTER,
-        type=cluster_pb2.Cluster.STRICT_DNS,
-        connect_timeout=_seconds(options.connect_timeout_s),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=COLLECTOR_CLUSTER, endpoints=[
-            endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(address=address_pb2.Address(
-                    socket_address=address_pb2.SocketAddress(address=host, port_value=port))))])]))
+    cluster = fixed_address_cluster(COLLECTOR_CLUSTER, host, port, options.connect_timeout_s)
     for key, value in http2_protocol_options().items():
         cluster.typed_extension_protocol_options[key].CopyFrom(value)
     return cluster

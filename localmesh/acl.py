@@ -44,8 +44,8 @@ def controlplane_rules(registers: Iterable[str] = ("controlplane", "gateway")) -
     return f'{own}{_CATALOG_READ}key "{POLICY_KEY}" {{ policy = "read" }}\n'
 
 
-# Prometheus finds its targets in the catalog; that is all it reads.
-PROMETHEUS_RULES = _CATALOG_READ
+# Prometheus finds its targets in the catalog, after asking the agent for its datacenter (/v1/agent/self).
+PROMETHEUS_RULES = _CATALOG_READ + 'agent_prefix "" { policy = "read" }\n'
 # The agent's own token: it registers its node and syncs the services registered with it.
 AGENT_RULES = 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'
 # The runner seeds config and the policy, writes intentions, and deregisters instances that crashed.

@@ -184,10 +184,12 @@ class Mesh:
                 actions.append(await self._replace(component, spec))
             elif spec.replicas != len(component.instances):
                 actions.append(await self._scale(component, spec))
+        # Consul first learns what is new (a new service's token, intentions, policy, config), then it starts: a
+        # service started before its token exists could not register. A new Consul is set up by its own start.
+        await _reseed(self.ctx)
         if new:
             await self._start_specs(new)
             actions += [f"started {spec.name}" for spec in new]
-        await _reseed(self.ctx)
         self._write_state()
         return actions or ["nothing changed"]
 
@@ -241,6 +243,8 @@ class Mesh:
             "project": str(self.topology.project),
             "control_socket": str(self.state_dir / "control.sock"),
             "gateway": dataclasses.asdict(self.ctx.gateway.ports) if self.ctx.gateway is not None else None,
+            "gateway_tls": self.ctx.gateway is not None and self.ctx.gateway.tls,
+            "secured": self.ctx.security is not None,
             "consul": self.ctx.consul_address if self.topology.of_kind("consul") else None,
             "prometheus": self._prometheus_url(),
             "components": {name: {"kind": c.spec.kind, "url": c.url, "instances": {

@@ -88,7 +88,7 @@ def default_interceptors(*, guard: CallGuard | None = None) -> list[grpc.aio.Ser
     return [ProtomeshInterceptor(guard=guard)]
 
 
-def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Callable[..., Any]]:
+def behavior_of(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Callable[..., Any]]:
     """The handler's behavior and the grpc factory that makes a handler of the same kind."""
     if handler.request_streaming and handler.response_streaming:
         return handler.stream_stream, grpc.stream_stream_rpc_method_handler
@@ -103,7 +103,7 @@ def wrap_handler(method: str, handler: grpc.RpcMethodHandler[Any, Any], *, echo_
                  guard: CallGuard | None = None) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with its behavior run inside the protomesh call wrapper (sync ones are left alone)."""
     deserializer, serializer = handler.request_deserializer, handler.response_serializer
-    behavior, factory = _behavior(handler)
+    behavior, factory = behavior_of(handler)
     guard = guard or Unchecked()
     # grpc.aio picks how to drive a handler by inspecting it (coroutine function, async generator
     # function, or plain function run in a thread), so the wrapper must be of the same kind.
@@ -281,7 +281,7 @@ def _incoming(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str |
 
 def _gated(method: str, handler: grpc.RpcMethodHandler[Any, Any], guard: CallGuard) -> grpc.RpcMethodHandler[Any, Any]:
     """A plumbing handler (reflection) behind guard.admits_plumbing, otherwise untouched."""
-    behavior, factory = _behavior(handler)
+    behavior, factory = behavior_of(handler)
 
     async def admit(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:

@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from protomesh._interceptors import DEFAULT_PASS_THROUGH_PREFIXES, _ended_early
+from protomesh._interceptors import DEFAULT_PASS_THROUGH_PREFIXES, _ended_early, behavior_of
 from protomesh._metrics import CallMetrics, MethodMetrics, grpc_type
 from protomesh._tracing import RootSampling, context_from_metadata
 
@@ -64,7 +64,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         streaming = (handler.request_streaming, handler.response_streaming)
-        behavior, factory = _behavior(handler)
+        behavior, factory = behavior_of(handler)
         probe = _Probe(method, grpc_type(*streaming), self._metrics, self._tracer, self._sampling,
                        handler.request_streaming)
         if inspect.isasyncgenfunction(behavior):
@@ -78,14 +78,6 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         return result
 
 
-def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> tuple[Any, Any]:
-    if handler.request_streaming and handler.response_streaming:
-        return handler.stream_stream, grpc.stream_stream_rpc_method_handler
-    if handler.request_streaming:
-        return handler.stream_unary, grpc.stream_unary_rpc_method_handler
-    if handler.response_streaming:
-        return handler.unary_stream, grpc.unary_stream_rpc_method_handler
-    return handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
 
 class _Probe:

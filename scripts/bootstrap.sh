@@ -64,6 +64,10 @@ step_venv() {
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt"
+  # xds-protos bundles an older copy of opentelemetry/proto/*, and whichever wheel pip unpacks last wins, so
+  # a fresh venv could hold the copy without InstrumentationScope (the OTLP exporter then fails to import).
+  # opentelemetry-proto is installed again on its own, so its files are the ones on disk.
+  "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$(grep '^opentelemetry-proto==' "$ROOT/requirements-dev.txt")"
   # compat mode installs a plain .pth path (not an import hook), which mypy can follow from services/*.
   quietly "$VENV/bin/python" -m pip install -q --no-deps --config-settings editable_mode=compat -e "$ROOT"
   # Generated stubs live in gen/python and, for the interop suite's grpc.testing contracts (built by

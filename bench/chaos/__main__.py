@@ -76,7 +76,7 @@ async def run_all(scenarios: Sequence[Scenario], timing: Timing, var_dir: Path) 
     while pending:
         meshes += 1
         print(f"==> starting a mesh (state and logs in {var_dir / f'mesh-{meshes}'})", flush=True)
-        async with ChaosMesh(var_dir / f"mesh-{meshes}") as mesh, open_workload(mesh.gateway) as work:
+        async with ChaosMesh(var_dir / f"mesh-{meshes}") as mesh, open_workload(mesh.client) as work:
             while pending:
                 scenario = pending.pop(0)
                 print(f"==> {scenario.name}: {scenario.title}", flush=True)

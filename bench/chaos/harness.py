@@ -10,7 +10,7 @@ from types import TracebackType
 
 from localmesh.components import get_json
 from localmesh.supervisor import Supervised
-from localmesh.testing import isolated_mesh, port_open, project_root
+from localmesh.testing import GatewayClient, isolated_mesh, port_open, project_root
 
 # A restarted instance must be passing in Consul and routed by Envoy within this long (a Python service
 # starts in ~1-2 s on an idle 2-core machine, several times that when other suites share it).
@@ -44,12 +44,22 @@ class ChaosMesh:
         return self.mesh.ctx.gateway.address
 
     @property
+    def client(self) -> GatewayClient:
+        """How the load reaches the gateway: TLS with the mesh's CA, tokens from its issuer."""
+        return GatewayClient.of(self.mesh)
+
+    @property
     def logs(self) -> Path:
         return self.mesh.state_dir / "logs"
 
     @property
     def consul_address(self) -> str:
         return self.mesh.ctx.consul_address
+
+    @property
+    def consul_token(self) -> str:
+        """The runner's token: with ACLs on (default deny), what the views below read the catalog with."""
+        return self.mesh.ctx.consul_token
 
     @property
     def admin_port(self) -> int:
@@ -72,14 +82,14 @@ class ChaosMesh:
     def consul_instances(self, service: str, *, passing: bool) -> dict[str, Endpoint]:
         """instance id -> (address, port) of the service's instances in Consul (only passing ones, or all)."""
         query = "?passing=true" if passing else ""
-        entries = get_json(f"http://{self.consul_address}/v1/health/service/{service}{query}")
+        entries = get_json(f"http://{self.consul_address}/v1/health/service/{service}{query}", self.consul_token)
         if not isinstance(entries, list):
             return {}
         return {e["Service"]["ID"]: (e["Service"]["Address"], int(e["Service"]["Port"])) for e in entries}
 
     def agent_instances(self) -> int:
         """How many instances of the mesh's services the Consul agent lists (registered, any check state)."""
-        listed = get_json(f"http://{self.consul_address}/v1/agent/services")
+        listed = get_json(f"http://{self.consul_address}/v1/agent/services", self.consul_token)
         return sum(1 for s in listed.values() if s.get("Service") in self.services) if isinstance(listed, dict) else 0
 
     def envoy_hosts(self, service: str) -> set[Endpoint]:

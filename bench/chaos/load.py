@@ -19,6 +19,7 @@ import grpc
 from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
 
 from bench.chaos.model import Failure, Tally, Timing
+from localmesh.testing import GatewayClient
 
 # Users created before any load: GetUser and CreateOrder pick among them, so no call depends on a write
 # made during a fault.
@@ -37,7 +38,7 @@ class CallFailed(Exception):
 class Workload:
     """The clients every load worker shares, plus what the load created (for the event checks)."""
 
-    gateway: str
+    gateway: str                   # the gateway's URL: https://127.0.0.1:PORT
     http: aiohttp.ClientSession
     users: users_service_pb2_grpc.UserServiceStub  # over a channel to the gateway
     user_ids: list[str] = field(default_factory=list)
@@ -46,7 +47,7 @@ class Workload:
     orders: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     async def rest(self, method: str, path: str, body: object | None = None) -> dict[str, Any]:
-        async with self.http.request(method, f"http://{self.gateway}{path}", json=body) as response:
+        async with self.http.request(method, f"{self.gateway}{path}", json=body) as response:
             text = await response.text()
             if response.status != 200:
                 raise CallFailed(f"HTTP {response.status}: {text[:300].strip()}")
@@ -99,11 +100,12 @@ OPS: dict[str, Callable[[Workload, int], Awaitable[None]]] = {
 
 
 @contextlib.asynccontextmanager
-async def open_workload(gateway: str) -> AsyncIterator[Workload]:
-    """REST session and gRPC channel to the gateway, and the seeded users (the mesh must be up)."""
-    connector = aiohttp.TCPConnector(limit=64)
-    async with aiohttp.ClientSession(connector=connector) as http, grpc.aio.insecure_channel(gateway) as channel:
-        work = Workload(gateway, http, users_service_pb2_grpc.UserServiceStub(channel))
+async def open_workload(client: GatewayClient) -> AsyncIterator[Workload]:
+    """REST session and gRPC channel to the gateway (its CA trusted, a token holding every scope), and the seeded
+    users (the mesh must be up)."""
+    token = client.token(subject="chaos", all_scopes=True)
+    async with client.session(token, limit=64) as http, client.channel(token) as channel:
+        work = Workload(client.url, http, users_service_pb2_grpc.UserServiceStub(channel))
         work.user_ids = [await work.create_user() for _ in range(SEEDED_USERS)]
         yield work
 

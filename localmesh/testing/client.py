@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import grpc
 import grpc.aio
 
 from localmesh.credentials import contract_scopes
-from localmesh.mesh import Mesh
-from localmesh.security import MeshSecurity
+from localmesh.mesh import Mesh, MeshOptions, read_state
+from localmesh.security import ISSUER_FOLDER, PKI_FOLDER
+from localmesh.tokens import DevIssuer
+from protomesh.identity import CA_FILE
 
 
 @dataclass(frozen=True)
@@ -29,30 +32,43 @@ class GatewayClient:
 
     address: str
     tls: bool
-    security: MeshSecurity | None
+    ca_file: Path | None          # the mesh's development CA (None: security is off)
+    issuer: DevIssuer | None
     project: Path
 
     @classmethod
     def of(cls, mesh: Mesh) -> GatewayClient:
-        gateway = mesh.ctx.gateway
+        """The gateway of a mesh this process runs."""
+        gateway, security = mesh.ctx.gateway, mesh.ctx.security
         if gateway is None:
             raise RuntimeError("this mesh has no gateway")
-        return cls(gateway.address, gateway.tls, mesh.ctx.security, mesh.topology.project)
+        return cls(gateway.address, gateway.tls, security.ca_file if security is not None else None,
+                   security.issuer if security is not None else None, mesh.topology.project)
+
+    @classmethod
+    def of_running(cls, project: Path, env: Mapping[str, str]) -> GatewayClient:
+        """The gateway of a mesh `protomesh up --detach` runs with this environment (from its state folder)."""
+        state_dir = MeshOptions.from_env(project, env).state_dir
+        state = read_state(state_dir) or {}
+        ports = state.get("gateway")
+        if not isinstance(ports, dict):
+            raise RuntimeError(f"no mesh with a gateway runs from {state_dir}")
+        ca = state_dir / PKI_FOLDER / CA_FILE
+        secured = bool(state.get("secured"))
+        issuer = DevIssuer.open(state_dir / ISSUER_FOLDER) if secured else None
+        return cls(f"127.0.0.1:{ports['listen']}", bool(state.get("gateway_tls")), ca if secured else None, issuer,
+                   project)
 
     @property
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://{self.address}"
 
-    @property
-    def ca_file(self) -> Path | None:
-        return self.security.ca_file if self.security is not None else None
-
     def token(self, *scopes: str, subject: str = "tester", all_scopes: bool = False, ttl_s: int = 3600) -> str:
         """A token from the mesh's development issuer ("" when the mesh runs without security)."""
-        if self.security is None:
+        if self.issuer is None:
             return ""
         granted = [*scopes, *(contract_scopes(self.project) if all_scopes else [])]
-        return self.security.issuer.token(subject, granted, ttl_s=ttl_s)
+        return self.issuer.token(subject, granted, ttl_s=ttl_s)
 
     def headers(self, token: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {token}"} if token else {}
@@ -63,10 +79,12 @@ class GatewayClient:
             return None
         return ssl.create_default_context(cafile=str(self.ca_file))
 
-    def session(self, token: str | None = None) -> aiohttp.ClientSession:
-        """An aiohttp session to the gateway: the CA trusted, the token (if any) on every request."""
+    def session(self, token: str | None = None, *, limit: int = 100) -> aiohttp.ClientSession:
+        """An aiohttp session to the gateway (at most `limit` connections): the CA trusted, the token (if any) on
+        every request."""
         context = self.ssl_context()
-        connector = aiohttp.TCPConnector(ssl=context) if context is not None else aiohttp.TCPConnector()
+        connector = aiohttp.TCPConnector(ssl=context, limit=limit) if context is not None else \
+            aiohttp.TCPConnector(limit=limit)
         return aiohttp.ClientSession(connector=connector, headers=self.headers(token))
 
     def channel_credentials(self, token: str | None = None) -> grpc.ChannelCredentials:

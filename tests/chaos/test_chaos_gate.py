@@ -37,7 +37,7 @@ class Chaos:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def chaos(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Chaos]:
-    async with ChaosMesh(tmp_path_factory.mktemp("chaos")) as mesh, open_workload(mesh.gateway) as work:
+    async with ChaosMesh(tmp_path_factory.mktemp("chaos")) as mesh, open_workload(mesh.client) as work:
         yield Chaos(mesh, work)
 
 

@@ -22,13 +22,16 @@ from acme.notifications.v1 import notifications_service_pb2 as notifications_pb
 from acme.notifications.v1 import notifications_service_pb2_grpc as notifications_grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from localmesh.testing import isolated_env, project_root
+from localmesh.testing import GatewayClient, isolated_env, project_root
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 log = logging.getLogger("e2e")
 ROOT = project_root()
 # A project of one's own: the contracts, services, config and topology are copies; the runtime is this one.
-COPIED = ("protos/acme", "services", "config", "observability", "docker-compose.yml")
+COPIED = ("protos/acme", "protos/protomesh", "services", "config", "observability", "docker-compose.yml")
+# What the test's caller may do: the example domain's scopes and the new service's (`protomesh new` gives it
+# ledger:read and ledger:write), in a token from the mesh's own issuer, as `protomesh token` prints it.
+SCOPES = ("users:read", "orders:write", "notifications:read", "ledger:read", "ledger:write")
 
 
 def protomesh(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,9 +66,23 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, di
         protomesh(folder, env, "down")
 
 
+@pytest.fixture(scope="module")
+def client(project: tuple[Path, dict[str, str]]) -> GatewayClient:
+    return GatewayClient.of_running(*project)
+
+
+@pytest.fixture(scope="module")
+def token(project: tuple[Path, dict[str, str]]) -> str:
+    folder, env = project
+    scopes = [arg for scope in SCOPES for arg in ("--scope", scope)]
+    made = protomesh(folder, env, "token", "--sub", "ada", *scopes)
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
 @pytest_asyncio.fixture(loop_scope="module")
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
+async def http(client: GatewayClient, token: str) -> AsyncIterator[aiohttp.ClientSession]:
+    async with client.session(token) as session:
         yield session
 
 
@@ -79,7 +96,7 @@ async def steady_load(http: aiohttp.ClientSession, gateway: str, user_id: str, s
     failures = []
     while not stop.is_set():
         try:
-            async with http.get(f"http://{gateway}/v1/users/{user_id}") as response:
+            async with http.get(f"{gateway}/v1/users/{user_id}") as response:
                 if response.status != 200:
                     failures.append(f"{response.status} {await response.text()}")
         except aiohttp.ClientError as exc:
@@ -88,7 +105,7 @@ async def steady_load(http: aiohttp.ClientSession, gateway: str, user_id: str, s
     return failures
 
 
-def ledger_stub(project: Path, gateway: str) -> tuple[grpc.aio.Channel, object, type]:
+def ledger_stub(project: Path, client: GatewayClient, token: str) -> tuple[grpc.aio.Channel, object, type]:
     """A native gRPC GetLedger call built from the project's new descriptor set (no generated Python needed)."""
     files = descriptor_pb2.FileDescriptorSet.FromString((project / "gen/descriptors/protomesh.binpb").read_bytes())
     pool = descriptor_pool.DescriptorPool()
@@ -96,7 +113,7 @@ def ledger_stub(project: Path, gateway: str) -> tuple[grpc.aio.Channel, object, 
         pool.Add(file)
     request = message_factory.GetMessageClass(pool.FindMessageTypeByName("acme.ledger.v1.GetLedgerRequest"))
     response = message_factory.GetMessageClass(pool.FindMessageTypeByName("acme.ledger.v1.GetLedgerResponse"))
-    channel = grpc.aio.insecure_channel(gateway)
+    channel = client.channel(token)
     call = channel.unary_unary("/acme.ledger.v1.LedgerService/GetLedger",
                                request_serializer=lambda m: m.SerializeToString(),
                                response_deserializer=response.FromString)
@@ -104,15 +121,15 @@ def ledger_stub(project: Path, gateway: str) -> tuple[grpc.aio.Channel, object, 
 
 
 async def test_a_new_service_joins_the_running_mesh_without_disturbing_it(
-    project: tuple[Path, dict[str, str]], http: aiohttp.ClientSession,
+    project: tuple[Path, dict[str, str]], http: aiohttp.ClientSession, client: GatewayClient, token: str,
 ) -> None:
     folder, env = project
-    gateway = f"127.0.0.1:{env['GATEWAY_PORT']}"
-    async with http.post(f"http://{gateway}/v1/users", json={"email": f"{uuid.uuid4().hex[:8]}@example.com",
+    gateway = client.url
+    async with http.post(f"{gateway}/v1/users", json={"email": f"{uuid.uuid4().hex[:8]}@example.com",
                                                             "displayName": "Ada"}) as response:
         user_id = (await response.json())["user"]["userId"]
     before = pids(folder)
-    async with grpc.aio.insecure_channel(gateway) as channel:
+    async with client.channel(token) as channel:
         watch = notifications_grpc.NotificationServiceStub(channel).WatchNotifications(
             notifications_pb.WatchNotificationsRequest(user_id=user_id), timeout=120)
         await watch.initial_metadata()
@@ -126,19 +143,19 @@ async def test_a_new_service_joins_the_running_mesh_without_disturbing_it(
         assert reconciled.returncode == 0, reconciled.stderr
         assert "started ledger" in reconciled.stdout
 
-        async with http.post(f"http://{gateway}/v1/ledgers", json={"displayName": "first"}) as response:
+        async with http.post(f"{gateway}/v1/ledgers", json={"displayName": "first"}) as response:
             assert response.status == 200, await response.text()
             ledger = (await response.json())["ledger"]
-        async with http.get(f"http://{gateway}/v1/ledgers/{ledger['ledgerId']}") as response:
+        async with http.get(f"{gateway}/v1/ledgers/{ledger['ledgerId']}") as response:
             assert (response.status, (await response.json())["ledger"]) == (200, ledger)
         log.info("step: POST then GET /v1/ledgers answer through the gateway: %s", ledger)
-        ledger_channel, get_ledger, request = ledger_stub(folder, gateway)
+        ledger_channel, get_ledger, request = ledger_stub(folder, client, token)
         async with ledger_channel:
             reply = await get_ledger(request(ledger_id=ledger["ledgerId"]), timeout=5)  # type: ignore[operator]
         assert reply.ledger.display_name == "first"
         log.info("step: GetLedger answers native gRPC through the same port")
 
-        async with http.post(f"http://{gateway}/v1/orders", json={"userId": user_id, "lineItems": [
+        async with http.post(f"{gateway}/v1/orders", json={"userId": user_id, "lineItems": [
                 {"sku": "book", "quantity": 1, "unitPriceCents": 100}]}) as response:
             order_id = (await response.json())["order"]["orderId"]
         notification = await asyncio.wait_for(watch.read(), timeout=10)

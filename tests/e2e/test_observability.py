@@ -40,8 +40,9 @@ def traceparent() -> tuple[str, str, str]:
 class Observed:
     """The running mesh's Prometheus and Zipkin, over their HTTP APIs."""
 
-    def __init__(self, mesh: RunningMesh) -> None:
+    def __init__(self, mesh: RunningMesh, http: aiohttp.ClientSession) -> None:
         self.mesh = mesh
+        self.http = http  # plain: the gateway's bearer token is for the gateway only
         topology = mesh.mesh.topology
         self.prometheus = f"http://127.0.0.1:{topology.host_port('prometheus', 9090)}"
         self.zipkin = f"http://127.0.0.1:{topology.host_port('tracing', 9411)}"
@@ -49,7 +50,7 @@ class Observed:
     async def get(self, url: str, **params: str) -> Any:
         """The decoded JSON answer; None while the component does not answer (yet)."""
         try:
-            async with self.mesh.http.get(url, params=params) as response:
+            async with self.http.get(url, params=params) as response:
                 return await response.json(content_type=None) if response.status == 200 else None
         except aiohttp.ClientError:
             return None
@@ -85,16 +86,17 @@ class Observed:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def observed(running_mesh: RunningMesh) -> AsyncIterator[Observed]:
-    observed = Observed(running_mesh)
-    # Background components: the mesh was up before them.
-    await poll_until(lambda: observed.get(f"{observed.prometheus}/api/v1/status/buildinfo"), timeout=60,
-                     what="Prometheus ready")
-    await poll_until(lambda: observed.get(f"{observed.zipkin}/health"), timeout=90, what="Zipkin ready")
-    yield observed
+    async with aiohttp.ClientSession() as http:
+        observed = Observed(running_mesh, http)
+        # Background components: the mesh was up before them.
+        await poll_until(lambda: observed.get(f"{observed.prometheus}/api/v1/status/buildinfo"), timeout=60,
+                         what="Prometheus ready")
+        await poll_until(lambda: observed.get(f"{observed.zipkin}/health"), timeout=90, what="Zipkin ready")
+        yield observed
 
 
 async def rest(mesh: RunningMesh, method: str, path: str, body: object, headers: dict[str, str]) -> tuple[int, Any]:
-    async with mesh.http.request(method, f"http://{mesh.gateway}{path}", json=body, headers=headers) as response:
+    async with mesh.http.request(method, f"{mesh.url}{path}", json=body, headers=headers) as response:
         return response.status, await response.json(content_type=None)
 
 

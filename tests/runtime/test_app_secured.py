@@ -4,7 +4,6 @@ settings, intentions from Consul, discovery channels over mTLS that forward the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import grpc
 import grpc.aio
 import pytest
 from acme.users.v1 import users_service_pb2, users_service_pb2_grpc
-from mtls_support import GATEWAY, Pki, SecureConsul, claims_value, secure_channel, secure_consul
+from mtls_support import GATEWAY, Pki, SecureConsul, claims_value, secure_channel
 from test_server_support import bindings
 
 from protomesh._app import Context, serve
@@ -27,17 +26,6 @@ from protomesh.intentions import Intention
 
 SERVICE = "apptest"
 APPTEST = Workload.service(SERVICE)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def consul(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[SecureConsul]:
-    with secure_consul(tmp_path_factory.mktemp("consul"), pki) as agent:
-        yield agent
 
 
 def _env(consul: SecureConsul, identity_dir: Path | None, **extra: str) -> dict[str, str]:

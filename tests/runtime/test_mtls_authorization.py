@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from mtls_support import (
     claims_value,
     echo,
     secure_channel,
-    secure_consul,
     unowned_binding,
     until_intentions,
 )
@@ -41,17 +40,6 @@ from protomesh.intentions import Intention
 
 USERS, ORDERS, BILLING = Workload.service("users"), Workload.service("orders"), Workload.service("billing")
 GET_USER = "/acme.users.v1.UserService/GetUser"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki.create(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
-def consul(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[SecureConsul]:
-    with secure_consul(tmp_path_factory.mktemp("consul"), pki) as agent:
-        yield agent
 
 
 @dataclass
