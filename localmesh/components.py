@@ -315,6 +315,12 @@ def _deregister(consul_address: str, instance_id: str, token: str) -> None:
         pass  # Consul down or the instance already gone: nothing left to clean up
 
 
+def issuer(_ctx: MeshContext, spec: Spec) -> Component:
+    """The container stack's issuer has no process here: the runner itself issues (MeshSecurity), so it is ready."""
+    return Component(spec, [], "", digest(spec))
+
+
 FACTORIES: dict[str, Callable[[MeshContext, Spec], Component]] = {
     "consul": consul, "rabbitmq": rabbitmq, "controlplane": controlplane, "gateway": envoy, SERVICE_KIND: service,
+    "issuer": issuer,
 }
