@@ -12,7 +12,7 @@ import yaml
 
 from localmesh import acl
 from localmesh.components import Component, MeshContext, digest, get_json, polled, supervised
-from localmesh.process import ManagedProcess, MissingComponentError, free_port, port_open
+from localmesh.process import RUNNER_CHECKOUT, ManagedProcess, MissingComponentError, free_port, port_open
 from localmesh.topology import Spec
 
 # Container ports of the official images (docker-compose.yml publishes them on loopback).
@@ -34,9 +34,6 @@ ZIPKIN_JVM = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss51
 # Prometheus keeps what `protomesh top` and a developer look at: hours, not weeks.
 PROMETHEUS_RETENTION = "6h"
 
-
-# The checkout this runner comes from: a project made elsewhere (`protomesh new`'s, a test's copy) uses its tools.
-RUNNER_CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def tool_path(project: Path, relative: Path) -> Path:
