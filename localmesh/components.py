@@ -171,7 +171,10 @@ def consul(ctx: MeshContext, spec: Spec) -> Component:
         if not await asyncio.to_thread(lambda: bool(get_json(f"http://{agent.address}/v1/status/leader"))):
             return False
         if seeded.get("pid") != process.pid:  # a restarted dev agent forgot everything: set it up again
-            await configure_consul(ctx)
+            try:
+                await configure_consul(ctx)
+            except acl.AclNotReady:
+                return False
             seeded["pid"] = process.pid
         return True
 
