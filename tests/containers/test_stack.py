@@ -1,5 +1,6 @@
 """docker-compose.yml for real: built, run in podman, secured like `protomesh up` (TLS and tokens at the containerised
-Envoy, mTLS and intentions between service containers, Consul ACLs), walked through, one instance killed."""
+Envoy, mTLS and intentions between service containers, Consul ACLs), walked through, one instance killed, Consul
+restarted."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ SETTLE_S = 3.0
 # One REST call through the gateway every so often while an instance dies and comes back.
 CALL_INTERVAL_S = 0.05
 KILLED_SERVICE = "users"
+# The protomesh services of docker-compose.yml, each registered by its instances with their own Consul tokens.
+SERVICES = ("users", "orders", "notifications")
 
 
 class Load:
@@ -115,6 +118,35 @@ async def kill_9_one_instance(stack: ComposeStack, gateway: Gateway, token: str,
     assert load.ok > 0
 
 
+async def a_restarted_consul_is_set_up_again(stack: ComposeStack, gateway: Gateway, token: str,
+                                             user_id: str) -> None:
+    """The dev agent forgets everything on restart: the issuer applies the ACL tokens, intentions and policy again,
+    every instance registers again with its own token, and an order (orders calls users) still goes through."""
+    consul = f"127.0.0.1:{stack.ports['CONSUL_PORT']}"
+    await asyncio.to_thread(stack.compose, "restart", "consul", timeout=RESTART_TIMEOUT_S)
+    log.info("step: docker-compose restart consul (a dev agent: ACL tokens, intentions, policy and catalog gone)")
+    replicas = stack.expected_replicas()
+
+    async def registered_again() -> bool:
+        try:
+            return all([len(await passing_addresses(gateway, consul, token, name)) == replicas[name]
+                        for name in SERVICES])
+        except (aiohttp.ClientError, TimeoutError):  # restarting, or the issuer has not made the token yet
+            return False
+
+    took = await poll_until(registered_again, timeout=RESTART_TIMEOUT_S, interval=0.5,
+                            what=f"every instance of {', '.join(SERVICES)} passing in the restarted Consul")
+    log.info("step: every instance registered again with its own token after %.1fs", took)
+
+    async def ordered() -> bool:
+        status, _ = await gateway.call("POST", "/v1/orders", {
+            "userId": user_id, "lineItems": [{"sku": "pen", "quantity": 1, "unitPriceCents": 150}]})
+        return status == 200
+
+    await poll_until(ordered, timeout=RESTART_TIMEOUT_S, interval=0.5, what="an order through the gateway")
+    log.info("step: an order goes through the gateway again (orders may still call users)")
+
+
 async def secured(stack: ComposeStack, gateway: Gateway, mesh: MeshCredentials, user_id: str,
                   scratch: Path) -> None:
     """The assertions that the containers are secured (tests/containers/secured.py)."""
@@ -156,6 +188,9 @@ async def test_the_stack_in_containers_answers_the_walkthrough_and_survives_a_ki
                                            f"127.0.0.1:{stack.ports['ZIPKIN_PORT']}", stack.expected_replicas())
                         with phases.measure("kill test"):
                             await kill_9_one_instance(stack, gateway, mesh.consul_token(acl.PROMETHEUS), user_id)
+                        with phases.measure("consul restart"):
+                            await a_restarted_consul_is_set_up_again(stack, gateway, mesh.consul_token(acl.PROMETHEUS),
+                                                                     user_id)
                 except BaseException:
                     log.error("compose logs:\n%s", await asyncio.to_thread(stack.logs))
                     raise
