@@ -98,6 +98,14 @@ class AclError(RuntimeError):
     """Consul refused to set up an ACL policy or token; the message says which and why."""
 
 
+class AclNotReady(AclError):
+    """A new agent has a leader but has not left the legacy ACL mode yet (a moment after start): try again."""
+
+
+# Consul's answer (500) to the ACL API until its leader has switched the ACL system out of legacy mode.
+LEGACY_MODE = "currently in legacy mode"
+
+
 def _call(address: str, method: str, path: str, token: str, body: object | None = None) -> object:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"http://{address}{path}", data=data, method=method,
@@ -136,4 +144,5 @@ def apply(address: str, tokens: MeshTokens, wanted: Mapping[str, str]) -> None:
             _call(address, "PUT", "/v1/agent/token/agent", master, {"Token": tokens.secret(AGENT)})
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
-        raise AclError(f"Consul at {address} refused the mesh's ACL setup ({exc.code}: {detail})") from None
+        error = AclNotReady if LEGACY_MODE in detail else AclError
+        raise error(f"Consul at {address} refused the mesh's ACL setup ({exc.code}: {detail})") from None

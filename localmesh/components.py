@@ -171,7 +171,10 @@ def consul(ctx: MeshContext, spec: Spec) -> Component:
         if not await asyncio.to_thread(lambda: bool(get_json(f"http://{agent.address}/v1/status/leader"))):
             return False
         if seeded.get("pid") != process.pid:  # a restarted dev agent forgot everything: set it up again
-            await configure_consul(ctx)
+            try:
+                await configure_consul(ctx)
+            except acl.AclNotReady:
+                return False
             seeded["pid"] = process.pid
         return True
 
@@ -315,6 +318,12 @@ def _deregister(consul_address: str, instance_id: str, token: str) -> None:
         pass  # Consul down or the instance already gone: nothing left to clean up
 
 
+def issuer(_ctx: MeshContext, spec: Spec) -> Component:
+    """The container stack's issuer has no process here: the runner itself issues (MeshSecurity), so it is ready."""
+    return Component(spec, [], "", digest(spec))
+
+
 FACTORIES: dict[str, Callable[[MeshContext, Spec], Component]] = {
     "consul": consul, "rabbitmq": rabbitmq, "controlplane": controlplane, "gateway": envoy, SERVICE_KIND: service,
+    "issuer": issuer,
 }

@@ -182,7 +182,8 @@ class Mesh:
                 new.append(spec)
             elif spec_digest(old, old.specs[spec.name]) != spec_digest(topology, spec):
                 actions.append(await self._replace(component, spec))
-            elif spec.replicas != len(component.instances):
+            elif spec.kind == SERVICE_KIND and spec.replicas != len(component.instances):
+                # Only services scale: infrastructure runs what its factory starts (the issuer entry, nothing).
                 actions.append(await self._scale(component, spec))
         # Consul first learns what is new (a new service's token, intentions, policy, config), then it starts: a
         # service started before its token exists could not register. A new Consul is set up by its own start.

@@ -12,7 +12,7 @@ import yaml
 
 from localmesh import acl
 from localmesh.components import Component, MeshContext, digest, get_json, polled, supervised
-from localmesh.process import ManagedProcess, MissingComponentError, free_port, port_open
+from localmesh.process import RUNNER_CHECKOUT, ManagedProcess, MissingComponentError, free_port, port_open
 from localmesh.topology import Spec
 
 # Container ports of the official images (docker-compose.yml publishes them on loopback).
@@ -35,9 +35,6 @@ ZIPKIN_JVM = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xss51
 PROMETHEUS_RETENTION = "6h"
 
 
-# The checkout this runner comes from: a project made elsewhere (`protomesh new`'s, a test's copy) uses its tools.
-RUNNER_CHECKOUT = Path(__file__).resolve().parent.parent
-
 
 def tool_path(project: Path, relative: Path) -> Path:
     """A file `make setup` put under .tools: the project's own, else the runner's checkout's. Never one on PATH:
@@ -56,16 +53,20 @@ def project_tool(ctx: MeshContext, name: str) -> str:
     return str(path)
 
 
-def render_prometheus_config(template: str, consul_address: str, token: str = "") -> str:
+def render_prometheus_config(template: str, consul_address: str, token: str = "", *, token_file: str = "") -> str:
     """The Prometheus configuration for a mesh whose Consul HTTP API is at consul_address (reading the catalog
-    with token when Consul runs with ACLs)."""
+    with token when Consul runs with ACLs, or with the token in token_file: consul_sd has no token file of its
+    own, but its HTTP client sends `authorization` credentials as a bearer token, which Consul accepts)."""
     rendered = template.replace(CONSUL_PLACEHOLDER, consul_address)
-    if not token:
+    if not token and not token_file:
         return rendered
     config = yaml.safe_load(rendered)
     for job in config.get("scrape_configs", []):
         for discovery in job.get("consul_sd_configs", []):
-            discovery["token"] = token
+            if token_file:
+                discovery["authorization"] = {"type": "Bearer", "credentials_file": token_file}
+            else:
+                discovery["token"] = token
     return "# Rendered by localmesh/observability.py from observability/prometheus.yml\n" + yaml.safe_dump(
         config, sort_keys=False)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 DEFAULT_READY_TIMEOUT_S = 30.0
 # The file that makes a folder a protomesh project: it declares the mesh (see localmesh.topology).
 TOPOLOGY_FILE = "docker-compose.yml"
+# The checkout this runner comes from: a project made elsewhere (`protomesh new`'s, a test's copy) uses its tools.
+RUNNER_CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 class MissingComponentError(RuntimeError):
@@ -38,14 +40,15 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def find_binary(name: str, *, project: Path | None = None) -> str:
-    """A tool from PATH or the project's .tools/bin, else MissingComponentError naming `make setup`."""
+    """A tool from PATH, the project's .tools/bin or the runner's checkout's (a project made elsewhere uses the
+    runner's tools), else MissingComponentError naming `make setup`."""
     found = shutil.which(name)
     if found:
         return found
-    root = project or find_project()
-    candidate = root / ".tools" / "bin" / name if root is not None else None
-    if candidate is not None and os.access(candidate, os.X_OK):
-        return str(candidate)
+    for root in filter(None, (project or find_project(), RUNNER_CHECKOUT)):
+        candidate = root / ".tools" / "bin" / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
     raise MissingComponentError(f"{name} is not installed: run `make setup` (CI runs it through `make test`)")
 
 

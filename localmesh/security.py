@@ -170,9 +170,10 @@ class MeshSecurity:
     def workload(self, name: str) -> Workload:
         return Workload.service(name, self.spec.trust_domain)
 
-    def consul_agent(self) -> AgentSecurity:
-        """ACLs (this mesh's master token) and a certificate for the agent's TLS health checks."""
-        folder = self.state_dir / "identities" / "consul-agent"
+    def consul_agent(self, folder: Path | None = None) -> AgentSecurity:
+        """ACLs (this mesh's master token) and a certificate for the agent's TLS health checks, written into folder
+        (default <state>/identities/consul-agent; the container stack's issuer gives Consul's container its own)."""
+        folder = folder or self.state_dir / "identities" / "consul-agent"
         issued = self.ca.issue(Workload.agent(CONSUL_AGENT, self.spec.trust_domain), ttl_s=CONSUL_AGENT_TTL_S)
         write_identity(folder, issued, self.ca.bundle)
         # Consul takes the key and the certificate as two files.

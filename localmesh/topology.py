@@ -10,13 +10,15 @@ processes. Compose's own fields keep their meaning (`deploy.replicas`, `restart`
       image: hashicorp/consul:1.8.7
       x-protomesh: {run: consul}                                # infrastructure the runner knows how to run
 
-Container-only values become local ones by three rules (see `local_environment`):
+Container-only values become local ones by four rules (see `local_environment`):
   1. `<name>:<port>` of another service (`consul:8500`, `amqp://...@rabbitmq:5672/`) becomes
      `127.0.0.1:<the host port it publishes>`;
   2. a service's own listen address (`<SERVICE>_SERVER__HOST`, `__PORT`, `__ADVERTISE_HOST`) is dropped:
      locally an instance binds 127.0.0.1 on a free port and registers the port it got;
   3. a path under a volume's mount point (`/data/users.db` with `users-data:/data`) moves to
-     `<state>/volumes/users-data/users.db` (a named volume) or into the project (a bind mount).
+     `<state>/volumes/users-data/users.db` (a named volume) or into the project (a bind mount);
+  4. what the container stack's issuer mounts (identity folders, Consul token files, the gateway's edge mode) is
+     dropped: the runner issues every local process credentials of its own (components.py, security.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from localmesh.process import TOPOLOGY_FILE
 EXTENSION = "x-protomesh"
 # What the runner can run locally: infrastructure by name (x-protomesh.run), and protomesh services (a build
 # of services/Dockerfile with the SERVICE argument naming a folder under services/).
-INFRASTRUCTURE = ("consul", "rabbitmq", "controlplane", "gateway", "prometheus", "tracing", "collector")
+INFRASTRUCTURE = ("consul", "rabbitmq", "controlplane", "gateway", "prometheus", "tracing", "collector", "issuer")
 SERVICE_KIND = "service"
 SERVICES_DIR = "services"
 # Compose's restart values; protomesh up restarts a process that exits unless the file says otherwise.
@@ -41,6 +43,10 @@ RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
 DEFAULT_RESTART = "unless-stopped"
 # depends_on conditions (Compose's names); the list form of depends_on means "started".
 STARTED, HEALTHY = "service_started", "service_healthy"
+# Rule 4: the container stack's credentials (localmesh/issuer.py writes them), and a service's own identity folder.
+ISSUED_VARIABLES = frozenset({"CONSUL_HTTP_TOKEN_FILE", "PROTOMESH_IDENTITY_DIR", "PROTOMESH_EDGE_IDENTITY_DIR",
+                              "PROTOMESH_JWKS_FILE", "PROTOMESH_GATEWAY_PLAINTEXT"})
+ISSUED_SETTINGS = ("SECURITY__IDENTITY_DIR",)
 
 
 @dataclass(frozen=True)
@@ -152,9 +158,10 @@ class Topology:
     def local_environment(self, spec: Spec, *, state_dir: Path) -> dict[str, str]:
         """The spec's environment with the container-only values made local (the rules in the module doc)."""
         own = {f"{spec.settings_prefix}SERVER__{key}" for key in ("HOST", "PORT", "ADVERTISE_HOST")}
+        own |= {f"{spec.settings_prefix}{key}" for key in ISSUED_SETTINGS}
         local = {}
         for key, value in spec.environment.items():
-            if spec.kind == SERVICE_KIND and key in own:
+            if (spec.kind == SERVICE_KIND and key in own) or key in ISSUED_VARIABLES:
                 continue
             local[key] = self._local_path(spec, self._local_addresses(spec, key, value), state_dir)
         return local

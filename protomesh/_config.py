@@ -39,6 +39,8 @@ DEFAULT_START_TIMEOUT_S = 2.0
 
 # Consul's own variables, honoured like the consul CLI does (a <SERVICE>_CONSUL__* variable still wins).
 _CONSUL_ENV = {"CONSUL_HTTP_ADDR": ("consul", "address"), "CONSUL_HTTP_TOKEN": ("consul", "token")}
+# The token read from a file (what an orchestrator mounts), as Consul's own client does: CONSUL_HTTP_TOKEN wins.
+CONSUL_TOKEN_FILE_ENV = "CONSUL_HTTP_TOKEN_FILE"
 
 
 def kv_prefix(service: str) -> str:
@@ -75,10 +77,25 @@ def _yaml_file(path: Path) -> object:
         raise ConfigError(f"{_display(path)}: not valid YAML: {exc}") from exc
 
 
+def _consul_entries(settings_type: type, env: Mapping[str, str]) -> list[tuple[FieldPath, str, str]]:
+    if "consul" not in getattr(settings_type, "__dataclass_fields__", {}):
+        return []
+    entries: list[tuple[FieldPath, str, str]] = [(path, env[name], f"env {name}") for name, path in
+                                                 _CONSUL_ENV.items() if name in env]
+    token_file = env.get(CONSUL_TOKEN_FILE_ENV)
+    if token_file and "CONSUL_HTTP_TOKEN" not in env:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"env {CONSUL_TOKEN_FILE_ENV}: cannot read the Consul token from {token_file}: "
+                              f"{exc.strerror or exc}") from None
+        entries.append((("consul", "token"), token, f"env {CONSUL_TOKEN_FILE_ENV} ({token_file})"))
+    return entries
+
+
 def _env_entries(service: str, settings_type: type, env: Mapping[str, str]) -> list[tuple[FieldPath, str, str]]:
     prefix = env_prefix(service)
-    entries: list[tuple[FieldPath, str, str]] = [(path, env[name], f"env {name}") for name, path in _CONSUL_ENV.items()
-               if name in env and "consul" in getattr(settings_type, "__dataclass_fields__", {})]
+    entries = _consul_entries(settings_type, env)
     for name in sorted(env):
         if name.startswith(prefix) and len(name) > len(prefix):
             path = tuple(part.lower() for part in name[len(prefix):].split("__"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from localmesh.mesh import MeshOptions
 from localmesh.process import free_port, pid_alive, wait_until
 from tests.containers.compose_file import ComposeFile
 from tests.containers.images import Images
@@ -28,6 +29,8 @@ PROJECT_NAME = re.compile(r"pmct(?P<pid>\d+)x[0-9a-f]+")
 UP_TIMEOUT_S = 420.0
 # `down` gives each container this long to stop on SIGTERM before SIGKILL (Docker's default is 10 s).
 STOP_TIMEOUT_S = 10
+# The knob docker-compose.yml keeps a stack's credentials under (its issuer's state); each test project has its own.
+STACK_STATE_VARIABLE = "STACK_STATE_DIR"
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,21 @@ class ComposeStack:
         self.ports = {variable: free_port() for variable in published}
         self.env = {**podman.env, "DOCKER_HOST": docker_host,
                     **{variable: str(port) if published[variable].bound_address else f"127.0.0.1:{port}"
-                       for variable, port in self.ports.items()}}
+                       for variable, port in self.ports.items()},
+                    STACK_STATE_VARIABLE: str(podman.state_dir / project / "state")}
         self._tags: list[str] = []
         self.seen: dict[str, Container] = {}
         self._pids: dict[int, tuple[str, int]] = {}
+
+    @property
+    def state_dir(self) -> Path:
+        """The stack's own state (its Consul tokens, each container's credentials), removed with the project."""
+        return Path(self.env[STACK_STATE_VARIABLE])
+
+    @property
+    def mesh_state_dir(self) -> Path:
+        """The local mesh's state, whose CA and token issuer the stack mounts (var/mesh unless PROTOMESH_VAR_DIR)."""
+        return MeshOptions.from_env(self.compose_file.path.parent, self.env).state_dir
 
     def expected_replicas(self) -> dict[str, int]:
         return {name: spec.replicas(os.environ) for name, spec in self.compose_file.services.items()}

@@ -22,14 +22,27 @@ def _compose() -> dict[str, dict[str, object]]:
 
 def test_compose_and_the_local_mesh_render_the_one_prometheus_template_with_their_consul_address() -> None:
     template = (ROOT / PROMETHEUS_TEMPLATE).read_text()
-    prometheus = _compose()["prometheus"]
-    assert f"./{PROMETHEUS_TEMPLATE}:/etc/prometheus/prometheus.yml.in:ro" in prometheus["volumes"]  # type: ignore[operator]
-    assert f"sed 's|{CONSUL_PLACEHOLDER}|consul:8500|'" in " ".join(prometheus["entrypoint"])  # type: ignore[arg-type]
+    # In containers the issuer renders it (localmesh/issuer.py) into Prometheus's own folder.
+    issuer, prometheus = _compose()["issuer"], _compose()["prometheus"]
+    assert f"./{PROMETHEUS_TEMPLATE}:/etc/protomesh/prometheus.yml:ro" in issuer["volumes"]  # type: ignore[operator]
+    assert "--config.file=/run/protomesh/prometheus.yml" in prometheus["command"]  # type: ignore[operator]
     local = yaml.safe_load(render_prometheus_config(template, "127.0.0.1:18500"))
     [job] = local["scrape_configs"]
     assert job["consul_sd_configs"][0]["server"] == "127.0.0.1:18500"
     assert "static_configs" not in job  # no target is written down: Consul has them all
     assert CONSUL_PLACEHOLDER not in render_prometheus_config(template, "consul:8500")
+
+
+def test_the_catalog_is_read_with_a_token_inline_locally_and_from_a_token_file_in_containers() -> None:
+    template = (ROOT / PROMETHEUS_TEMPLATE).read_text()
+    [local] = yaml.safe_load(render_prometheus_config(template, "127.0.0.1:1", "s3cret"))["scrape_configs"]
+    assert local["consul_sd_configs"][0]["token"] == "s3cret"
+    rendered = render_prometheus_config(template, "consul:8500", token_file="/run/protomesh/consul-token")
+    [job] = yaml.safe_load(rendered)["scrape_configs"]
+    # Prometheus's consul_sd has no token file: its HTTP client's bearer credentials, which Consul 1.8 accepts.
+    assert job["consul_sd_configs"][0]["authorization"] == {"type": "Bearer",
+                                                            "credentials_file": "/run/protomesh/consul-token"}
+    assert "token" not in job["consul_sd_configs"][0]
 
 
 def test_the_observability_entries_are_background_components_on_loopback_ports() -> None:

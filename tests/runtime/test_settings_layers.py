@@ -90,6 +90,26 @@ def test_consul_variables_are_honoured_and_the_service_variable_wins(tmp_path: P
     assert load_settings(UsersSettings, "users", env=env, config_dir=tmp_path).consul.address == "10.0.0.2:8500"
 
 
+def test_the_consul_token_comes_from_consul_http_token_file_unless_consul_http_token_is_set(tmp_path: Path) -> None:
+    token_file = tmp_path / "consul-token"
+    token_file.write_text("from-file\n")
+    env = {"CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+    assert load_settings(UsersSettings, "users", env=env, config_dir=tmp_path).consul.token == "from-file"
+    # As Consul's own client: the variable wins over the file, and a file that is not read cannot fail.
+    env["CONSUL_HTTP_TOKEN"] = "from-env"
+    assert load_settings(UsersSettings, "users", env=env, config_dir=tmp_path).consul.token == "from-env"
+    missing = {"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "nowhere"), "CONSUL_HTTP_TOKEN": "from-env"}
+    assert load_settings(UsersSettings, "users", env=missing, config_dir=tmp_path).consul.token == "from-env"
+    env = {"CONSUL_HTTP_TOKEN_FILE": str(token_file), "USERS_CONSUL__TOKEN": "own"}
+    assert load_settings(UsersSettings, "users", env=env, config_dir=tmp_path).consul.token == "own"
+
+
+def test_an_unreadable_consul_token_file_fails_naming_the_variable_and_the_path(tmp_path: Path) -> None:
+    env = {"CONSUL_HTTP_TOKEN_FILE": str(tmp_path / "nowhere")}
+    with pytest.raises(ConfigError, match=r"env CONSUL_HTTP_TOKEN_FILE: cannot read the Consul token from .*nowhere"):
+        load_settings(UsersSettings, "users", env=env, config_dir=tmp_path)
+
+
 def test_the_config_dir_comes_from_protomesh_config_dir(config_dir: Path) -> None:
     settings = load_settings(UsersSettings, "users", env={"PROTOMESH_CONFIG_DIR": str(config_dir)})
     assert settings.max_page_size == 10
