@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
     """One figure's entry: its values and detail, or why it did not run; a crash is an "error" entry."""
     command = f".venv/bin/python -m bench --only {figure.id}{' --smoke' if options.smoke else ''}"
-    targets = {key: str(target) for key, target in figure.targets.items()}
+    targets = {key: str(target) for key, target in figure.targets.items() if target is not None}
     entry: dict[str, Any] = {"title": figure.title, "targets": targets, "smoke": options.smoke,
                              "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                              "load_average": {"before": load_average()}}
@@ -82,7 +82,7 @@ def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
         met = None if options.smoke else figure.met(outcome.values)
         entry.update(status="measured", values=outcome.values, met=met,
                      baseline=outcome.baseline, subject=outcome.subject, notes=outcome.notes,
-                     commands=[command, *outcome.commands])
+                     commands=[command, *outcome.commands], **({"table": outcome.table} if outcome.table else {}))
     entry["seconds"] = round(time.monotonic() - began, 1)
     entry["load_average"]["after"] = load_average()
     return relative(entry)
