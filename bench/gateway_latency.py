@@ -23,6 +23,8 @@ from bench._rows import TINY_ID
 from bench._security import PLAINTEXT, TLS, TLS_JWT, TLS_JWT_MTLS, GatewaySecurity
 
 PATHS = ("direct_grpc", "gateway_grpc", "gateway_rest")
+# The order of a round (reversed every other round): direct calls between the two gateway paths.
+ORDER = ("gateway_rest", "direct_grpc", "gateway_grpc")
 # The security settings compared, and the one whose increment the aim is about (JWT + mTLS on top of edge TLS).
 SECURITY = (PLAINTEXT, TLS, TLS_JWT, TLS_JWT_MTLS)
 OBSERVED = "observed"
@@ -53,7 +55,8 @@ Setting = tuple[GatewaySecurity, str | None]
 def measure(options: Options, name: str, concurrency: int,
             settings: Mapping[str, Setting] | None = None) -> dict[str, dict[str, list[Sample]]]:
     """One stack per setting (its security, and the collector it traces to or None), all started first; every
-    path warmed once, then paired rounds of every path of every stack. Samples by setting, then path."""
+    path warmed once, then paired rounds of every path of every stack (many short ones: on a shared machine
+    only neighbouring measurements see the same load). Samples by setting, then path."""
     settings = settings or {PLAINTEXT.name: (PLAINTEXT, None)}
     with contextlib.ExitStack() as exits:
         stacks = {key: exits.enter_context(gateway_stack(options.work_dir / name / key, otlp=otlp, security=security))
@@ -61,9 +64,11 @@ def measure(options: Options, name: str, concurrency: int,
         for stack in stacks.values():
             for path in subjects(stack, options.pick(1.0, 1.0), concurrency).values():
                 path()
-        rounds = paired_rounds({f"{key}/{path}": run for key, stack in stacks.items()
-                                for path, run in subjects(stack, options.pick(2.0, 1.0), concurrency).items()},
-                               options.count(8, 1))
+        runs = {key: subjects(stack, options.pick(1.0, 1.0), concurrency) for key, stack in stacks.items()}
+        # Path by path, every stack in turn: the settings compared on one path run seconds apart, and a stack's
+        # direct calls sit as far from its REST as from its gRPC via the gateway.
+        rounds = paired_rounds({f"{key}/{path}": runs[key][path] for path in ORDER for key in stacks},
+                               options.count(16, 1))
     return {key: {path: rounds[f"{key}/{path}"] for path in PATHS} for key in settings}
 
 
