@@ -28,7 +28,7 @@ from bench import (
     vs_fastapi,
 )
 from bench._core import RESULTS_DIR, ROOT, Figure, NotRun, Options
-from bench._proc import load_average
+from bench._proc import load_average, usable_cpus
 from bench.machine import describe
 from bench.report import merge, write_markdown
 
@@ -85,6 +85,8 @@ def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
                      commands=[command, *outcome.commands], **({"table": outcome.table} if outcome.table else {}))
     entry["seconds"] = round(time.monotonic() - began, 1)
     entry["load_average"]["after"] = load_average()
+    # Busy: more runnable work than usable cores at either end (other engineers' tests share the machine).
+    entry["busy_machine"] = max(entry["load_average"]["before"][0], entry["load_average"]["after"][0]) >= usable_cpus()
     return relative(entry)
 
 
