@@ -67,13 +67,28 @@ def paired_rounds(subjects: Mapping[str, Callable[[], Sample]], rounds: int) -> 
 def median_ratio(numerators: Sequence[Sample], denominators: Sequence[Sample],
                  metric: Callable[[Sample], float]) -> float:
     """Median over rounds of metric(numerator) / metric(denominator), pairing round with round."""
-    return statistics.median(metric(n) / metric(d) for n, d in zip(numerators, denominators, strict=True))
+    return statistics.median(paired(numerators, denominators, metric, ratio=True))
 
 
 def median_difference(minuends: Sequence[Sample], subtrahends: Sequence[Sample],
                       metric: Callable[[Sample], float]) -> float:
     """Median over rounds of metric(minuend) - metric(subtrahend), pairing round with round (e.g. ms added per call)."""
-    return statistics.median(metric(m) - metric(s) for m, s in zip(minuends, subtrahends, strict=True))
+    return statistics.median(paired(minuends, subtrahends, metric))
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles (the spread of round-by-round ratios or differences); one value: itself."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4)
+    return first, third
+
+
+def paired(minuends: Sequence[Sample], subtrahends: Sequence[Sample], metric: Callable[[Sample], float],
+           *, ratio: bool = False) -> list[float]:
+    """Round-by-round differences (or ratios) of metric, pairing round with round."""
+    return [metric(m) / metric(s) if ratio else metric(m) - metric(s)
+            for m, s in zip(minuends, subtrahends, strict=True)]
 
 
 def described(samples: Sequence[Sample]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from bench import grpc_server
 from bench._collector import collector
 from bench._core import Figure, Options, Outcome, Target
 from bench._gateway import Stack, gateway_stack
-from bench._measure import Sample, described, measured, median_difference, paired_rounds
+from bench._measure import Sample, described, measured, median_difference, paired, paired_rounds, quartiles
 from bench._rows import TINY_ID
 from bench._security import PLAINTEXT, TLS, TLS_JWT, TLS_JWT_MTLS, GatewaySecurity
 
@@ -81,6 +81,11 @@ def _differences(minuends: Sequence[Sample], subtrahends: Sequence[Sample]) -> f
     return median_difference(minuends, subtrahends, p50_ms)
 
 
+def _spread(minuend: Mapping[str, list[Sample]], subtrahend: Mapping[str, list[Sample]], path: str) -> str:
+    first, third = quartiles(paired(minuend[path], subtrahend[path], p50_ms))
+    return f"{first:.3f} to {third:.3f}"
+
+
 def _added(samples: Mapping[str, list[Sample]], path: str) -> float:
     return _differences(samples[path], samples["direct_grpc"])
 
@@ -136,7 +141,9 @@ def run(options: Options) -> Outcome:
         notes=[f"gRPC via the gateway adds {_added(off, 'gateway_grpc'):.3f} ms at p50 (same ghz client on both "
                "paths), security off",
                "p3_jwt_mtls_added_p50_ms: p50 via the gateway with TLS + JWT + mTLS minus with TLS only, paired by "
-               "round; it includes the backend's side of mTLS and its per-call authorization",
+               "round; it includes the backend's side of mTLS and its per-call authorization; quartiles of the "
+               f"round-by-round differences: REST {_spread(secured, edge, 'gateway_rest')}, gRPC "
+               f"{_spread(secured, edge, 'gateway_grpc')} ms",
                "p3_secured_added_p50_ms: everything on, via the gateway minus direct mTLS to the same backend (the "
                "direct caller presents the gateway's certificate and claims, as Envoy does)",
                "TLS costs include the load generator's own TLS work (wrk for REST, ghz for gRPC) on the load core",

@@ -26,7 +26,18 @@ from bench import grpc_server
 from bench._collector import collector
 from bench._core import Figure, Options, Outcome, Target
 from bench._load import grpc_load
-from bench._measure import Sample, cpu_us, described, measured, median_ratio, paired_rounds, rps
+from bench._measure import (
+    Sample,
+    cpu_us,
+    described,
+    measured,
+    median_difference,
+    median_ratio,
+    paired,
+    paired_rounds,
+    quartiles,
+    rps,
+)
 from bench._proc import SERVER_CPU, free_port, python_argv, started
 from bench._rows import LIST_SIZE, TINY_ID
 from bench._security import BenchPki
@@ -101,6 +112,10 @@ def run(options: Options) -> Outcome:
                f"{median_ratio(bare, subject, cpu_us):.3f}, on {median_ratio(bare, observed, cpu_us):.3f}, "
                f"every call traced {median_ratio(bare, traced, cpu_us):.3f}, "
                f"mTLS {median_ratio(bare, mtls, cpu_us):.3f}",
+               "p1_mtls_vs_plaintext quartiles of the round-by-round ratios: "
+               f"{' to '.join(f'{q:.3f}' for q in quartiles(paired(mtls, subject, rps, ratio=True)))}; server CPU "
+               f"µs per call added by mTLS (median of round-by-round differences): "
+               f"{median_difference(mtls, subject, cpu_us):.1f}",
                "mTLS: the load generator's TLS work is on the load core, the server's on the server core; one "
                "connection, so the handshake is paid once per round, not per call",
                "the collector (nop exporter) runs on the load core; span export runs in a thread of the server"],
