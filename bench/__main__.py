@@ -28,7 +28,7 @@ from bench import (
     vs_fastapi,
 )
 from bench._core import RESULTS_DIR, ROOT, Figure, NotRun, Options
-from bench._proc import load_average
+from bench._proc import load_average, usable_cpus
 from bench.machine import describe
 from bench.report import merge, write_markdown
 
@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
     """One figure's entry: its values and detail, or why it did not run; a crash is an "error" entry."""
     command = f".venv/bin/python -m bench --only {figure.id}{' --smoke' if options.smoke else ''}"
-    targets = {key: str(target) for key, target in figure.targets.items()}
+    targets = {key: str(target) for key, target in figure.targets.items() if target is not None}
     entry: dict[str, Any] = {"title": figure.title, "targets": targets, "smoke": options.smoke,
                              "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                              "load_average": {"before": load_average()}}
@@ -82,9 +82,11 @@ def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
         met = None if options.smoke else figure.met(outcome.values)
         entry.update(status="measured", values=outcome.values, met=met,
                      baseline=outcome.baseline, subject=outcome.subject, notes=outcome.notes,
-                     commands=[command, *outcome.commands])
+                     commands=[command, *outcome.commands], **({"table": outcome.table} if outcome.table else {}))
     entry["seconds"] = round(time.monotonic() - began, 1)
     entry["load_average"]["after"] = load_average()
+    # Busy: more runnable work than usable cores at either end (other engineers' tests share the machine).
+    entry["busy_machine"] = max(entry["load_average"]["before"][0], entry["load_average"]["after"][0]) >= usable_cpus()
     return relative(entry)
 
 

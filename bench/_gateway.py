@@ -1,9 +1,15 @@
-"""A real gateway for p3-p6: Consul dev agent, control plane and pinned Envoy, plus Consul registration helpers."""
+"""A real gateway for p3-p6: Consul dev agent, control plane and pinned Envoy, plus Consul registration helpers.
+
+    with gateway_stack(log_dir) as stack: ...                          # plaintext, no token (the dev gateway)
+    with gateway_stack(log_dir, security=TLS_JWT_MTLS) as stack: ...   # as `protomesh up` secures it
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import ssl
 import statistics
 import time
 import urllib.error
@@ -16,9 +22,13 @@ from typing import Any
 
 from bench import grpc_server
 from bench._core import NotRun
-from bench._load import DESCRIPTOR
+from bench._load import DESCRIPTOR, ClientTls, LoadResult, grpc_load, http_load
 from bench._proc import LOAD_CPU, SERVER_CPU, free_port, need_binary, pinned, started, wait_until
 from bench._rows import TINY_ID
+from bench._security import PLAINTEXT, BenchPki, GatewaySecurity, secured_consul
+from localmesh import acl
+from protomesh.auth import CLAIMS_KEY
+from protomesh.intentions import Intention
 
 # The bench's calls must never hit the route timeout; 15 s is the gateway's production default.
 ROUTE_TIMEOUT_S = 15.0
@@ -31,10 +41,16 @@ CHECK_TTL = "2h"
 
 @dataclass
 class Stack:
-    """The running pieces; `backend_*` are set when a users-style backend was started and registered."""
+    """The running pieces; `backend_*` are set when a users-style backend was started and registered.
 
-    consul: Any          # localmesh.testing.ConsulAgent
+    `pki` is set when the stack is secured: callers then speak TLS to the gateway (and carry a token when it
+    checks them), and direct calls to an mTLS backend present the gateway's certificate and claims, as Envoy does.
+    """
+
+    consul: Any          # localmesh.consul.ConsulAgent
     gateway: Any         # localmesh.gateway.Gateway
+    security: GatewaySecurity = PLAINTEXT
+    pki: BenchPki | None = None
     backend_pid: int = 0
     backend_port: int = 0
 
@@ -45,6 +61,28 @@ class Stack:
     @property
     def rest_url(self) -> str:
         return f"{self.gateway.url}/v1/users/{TINY_ID}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the gateway carries: a bearer token when the gateway checks them."""
+        return {"authorization": f"Bearer {self.pki.token}"} if self.pki is not None and self.security.jwt else {}
+
+    def rest(self, *, duration: float, concurrency: int) -> LoadResult:
+        ca = self.pki.ca_file if self.pki is not None and self.security.edge_tls else None
+        return http_load(self.rest_url, duration=duration, concurrency=concurrency, headers=self.headers, ca_file=ca)
+
+    def gateway_grpc(self, call: str, data: Mapping[str, Any], *, duration: float, concurrency: int) -> LoadResult:
+        tls = self.pki.edge_client() if self.pki is not None and self.security.edge_tls else None
+        return grpc_load(self.gateway.address, call, data, duration=duration, concurrency=concurrency, tls=tls,
+                         metadata=self.headers)
+
+    def direct_grpc(self, call: str, data: Mapping[str, Any], *, duration: float, concurrency: int) -> LoadResult:
+        tls: ClientTls | None = None
+        metadata: dict[str, str] = {}
+        if self.pki is not None and self.security.mtls:
+            tls, metadata = self.pki.as_gateway(), {CLAIMS_KEY: self.pki.claims}
+        return grpc_load(f"127.0.0.1:{self.backend_port}", call, data, duration=duration, concurrency=concurrency,
+                         tls=tls, metadata=metadata)
 
 
 @contextlib.contextmanager
@@ -61,44 +99,65 @@ def consul_agent(log_dir: Path) -> Iterator[Any]:
         agent.stop()
 
 
-def envoy_gateway(log_dir: Path, consul_address: str, *, otlp: str | None = None) -> Any:
+def envoy_gateway(log_dir: Path, consul_address: str, *, otlp: str | None = None,
+                  security_args: Sequence[str] = ("--plaintext",), env: Mapping[str, str] | None = None,
+                  tls: bool = False) -> Any:
     """The mesh's own Gateway launcher (not started), with Envoy pinned to the load core and one worker; with
-    `otlp`, Envoy traces every request to that collector."""
+    `otlp`, Envoy traces every request to that collector; `security_args` are the control plane's security flags."""
     need_binary("envoy")
     from localmesh.gateway import Gateway
 
     gateway = Gateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR, route_timeout_s=ROUTE_TIMEOUT_S,
-                      envoy_args=["--concurrency", str(ENVOY_WORKERS)],
-                      extra_args=["--plaintext", *(["--otlp-endpoint", otlp] if otlp else [])])
+                      envoy_args=["--concurrency", str(ENVOY_WORKERS)], env=env, tls=tls,
+                      extra_args=[*security_args, *(["--otlp-endpoint", otlp] if otlp else [])])
     gateway.envoy.argv = pinned(gateway.envoy.argv, LOAD_CPU)
     return gateway
 
 
 @contextlib.contextmanager
-def gateway_stack(log_dir: Path, *, backend: bool = True, otlp: str | None = None) -> Iterator[Stack]:
+def gateway_stack(log_dir: Path, *, backend: bool = True, otlp: str | None = None,
+                  security: GatewaySecurity = PLAINTEXT) -> Iterator[Stack]:
     """Consul + control plane + Envoy (+ a protomesh users backend on the server core), REST answering; with `otlp`
-    the gateway and the backend trace every request (and the backend serves metrics), as `make up` runs them."""
-    with consul_agent(log_dir) as consul, contextlib.ExitStack() as stack:
-        gateway = envoy_gateway(log_dir, consul.address, otlp=otlp)
+    the gateway and the backend trace every request (and the backend serves metrics), as `make up` runs them.
+
+    A secured stack runs as `protomesh up` does: Consul with default-deny ACLs and one token per process, the
+    gateway with `security`'s flags, and (with mtls) the backend in security.mode mtls, the intention
+    gateway -> users in Consul."""
+    with contextlib.ExitStack() as stack:
+        pki = None if security.off else BenchPki.create(log_dir / "pki")
+        if pki is None:
+            consul, env, backend_env = stack.enter_context(consul_agent(log_dir)), None, None
+        else:
+            secured = stack.enter_context(secured_consul(log_dir, pki))
+            secured.allow(Intention("gateway", grpc_server.SERVICE))
+            consul = secured.agent
+            env = {**os.environ, "CONSUL_HTTP_TOKEN": secured.token(acl.CONTROLPLANE)}
+            backend_env = {"CONSUL_HTTP_TOKEN": secured.token(grpc_server.SERVICE)}
+        gateway = envoy_gateway(log_dir, consul.address, otlp=otlp, env=env, tls=security.edge_tls,
+                                security_args=security.gateway_args(pki) if pki is not None else ("--plaintext",))
         stack.callback(gateway.stop)
         try:
             gateway.start()
         except (RuntimeError, TimeoutError) as error:
             raise NotRun(f"the gateway did not start: {error}", missing="gateway") from error
-        running = Stack(consul, gateway)
+        running = Stack(consul, gateway, security, pki)
         if backend:
             port = free_port()
-            process = stack.enter_context(started("backend", grpc_server.argv("protomesh", port,
-                                                                              consul=consul.address, otlp=otlp),
-                                                  log_dir=log_dir, cpu=SERVER_CPU, port=port))
+            identity = pki.users_dir if pki is not None and security.mtls else None
+            argv = grpc_server.argv("protomesh", port, consul=consul.address, otlp=otlp, identity_dir=identity)
+            process = stack.enter_context(started("backend", argv, log_dir=log_dir, cpu=SERVER_CPU, port=port,
+                                                  env=backend_env))
             running.backend_pid, running.backend_port = process.pid, port
-            wait_until(lambda: _answers(running.rest_url), timeout=READY_TIMEOUT_S, what="REST via the gateway")
+            context = pki.ssl_context() if pki is not None and security.edge_tls else None
+            wait_until(lambda: _answers(running.rest_url, running.headers, context), timeout=READY_TIMEOUT_S,
+                       what="REST via the gateway")
         yield running
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, headers: Mapping[str, str], context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        request = urllib.request.Request(url, headers=dict(headers))
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
             return int(response.status) == 200
     except (urllib.error.URLError, OSError):
         return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bench._load import LoadResult
@@ -13,28 +13,41 @@ from bench._proc import cpu_seconds
 
 @dataclass(frozen=True)
 class Sample:
-    """One load run against one server: the load result and the server's CPU seconds over it."""
+    """One load run against one server: the load result and the server's CPU seconds over it (also per named
+    process when several were charged)."""
 
     load: LoadResult
     cpu_s: float
+    cpu_parts: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def cpu_us(self) -> float:
         """Server CPU microseconds per answered request (user + system, all threads)."""
-        return self.cpu_s / self.load.requests * 1e6 if self.load.requests else float("nan")
+        return self.per_request(self.cpu_s)
+
+    def part_us(self, name: str) -> float:
+        """CPU microseconds per answered request of one named process."""
+        return self.per_request(self.cpu_parts[name])
+
+    def per_request(self, cpu_s: float) -> float:
+        return cpu_s / self.load.requests * 1e6 if self.load.requests else float("nan")
 
     def summary(self) -> dict[str, Any]:
-        return {**self.load.summary(), "server_cpu_s": round(self.cpu_s, 3), "server_cpu_us": round(self.cpu_us, 1)}
+        parts = {f"{name}_cpu_us": round(self.part_us(name), 1) for name in self.cpu_parts}
+        return {**self.load.summary(), "server_cpu_s": round(self.cpu_s, 3), "server_cpu_us": round(self.cpu_us, 1),
+                **parts}
 
 
-def measured(pids: Sequence[int], load: Callable[[], LoadResult]) -> Sample:
-    """Run `load` and charge the CPU the given server processes spent meanwhile to it."""
-    before = sum(cpu_seconds(pid) for pid in pids)
+def measured(pids: Sequence[int] | Mapping[str, int], load: Callable[[], LoadResult]) -> Sample:
+    """Run `load` and charge the CPU the given server processes spent meanwhile to it (a mapping names them:
+    the sample then has each one's share too)."""
+    named = pids if isinstance(pids, Mapping) else {str(pid): pid for pid in pids}
+    before = {name: cpu_seconds(pid) for name, pid in named.items()}
     result = load()
-    after = sum(cpu_seconds(pid) for pid in pids)
+    spent = {name: cpu_seconds(pid) - before[name] for name, pid in named.items()}
     if result.errors:
         raise RuntimeError(f"{result.errors} failed requests in: {result.command}")
-    return Sample(result, after - before)
+    return Sample(result, sum(spent.values()), spent if isinstance(pids, Mapping) else {})
 
 
 def paired_rounds(subjects: Mapping[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
@@ -54,7 +67,28 @@ def paired_rounds(subjects: Mapping[str, Callable[[], Sample]], rounds: int) -> 
 def median_ratio(numerators: Sequence[Sample], denominators: Sequence[Sample],
                  metric: Callable[[Sample], float]) -> float:
     """Median over rounds of metric(numerator) / metric(denominator), pairing round with round."""
-    return statistics.median(metric(n) / metric(d) for n, d in zip(numerators, denominators, strict=True))
+    return statistics.median(paired(numerators, denominators, metric, ratio=True))
+
+
+def median_difference(minuends: Sequence[Sample], subtrahends: Sequence[Sample],
+                      metric: Callable[[Sample], float]) -> float:
+    """Median over rounds of metric(minuend) - metric(subtrahend), pairing round with round (e.g. ms added per call)."""
+    return statistics.median(paired(minuends, subtrahends, metric))
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles (the spread of round-by-round ratios or differences); one value: itself."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4)
+    return first, third
+
+
+def paired(minuends: Sequence[Sample], subtrahends: Sequence[Sample], metric: Callable[[Sample], float],
+           *, ratio: bool = False) -> list[float]:
+    """Round-by-round differences (or ratios) of metric, pairing round with round."""
+    return [metric(m) / metric(s) if ratio else metric(m) - metric(s)
+            for m, s in zip(minuends, subtrahends, strict=True)]
 
 
 def described(samples: Sequence[Sample]) -> dict[str, Any]:

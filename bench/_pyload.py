@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -58,19 +60,32 @@ def _request(call: str, data: str) -> tuple[str, Message]:
     return f"/{service}/{method}", request
 
 
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or TLS with --cacert (and --cert/--key for mTLS, --server-name for the name expected)."""
+    options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
+    if args.cacert is None:
+        return grpc.aio.insecure_channel(args.target, options=options)
+    key = Path(args.key).read_bytes() if args.key else None
+    cert = Path(args.cert).read_bytes() if args.cert else None
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
+    credentials = grpc.ssl_channel_credentials(Path(args.cacert).read_bytes(), key, cert)
+    return grpc.aio.secure_channel(args.target, credentials, options=options)
+
+
 async def grpc_run(args: argparse.Namespace) -> dict[str, Any]:
     path, request = _request(args.call, args.data)
-    channels = [grpc.aio.insecure_channel(args.target, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(args.connections)]
+    channels = [_channel(args) for _ in range(args.connections)]
     serialize = type(request).SerializeToString
     methods: list[Any] = [channel.unary_unary(path, request_serializer=serialize) for channel in channels]
+    metadata = tuple(json.loads(args.metadata).items()) if args.metadata else None
     turn = 0
 
     async def call() -> bool:
         nonlocal turn
         turn += 1
         try:
-            await methods[turn % len(methods)](request, timeout=10)
+            await methods[turn % len(methods)](request, timeout=10, metadata=metadata)
         except grpc.aio.AioRpcError:
             return False
         return True
@@ -84,11 +99,13 @@ async def grpc_run(args: argparse.Namespace) -> dict[str, Any]:
 
 async def http_run(args: argparse.Namespace) -> dict[str, Any]:
     url = urlsplit(args.target)
+    headers = "".join(f"{header}\r\n" for header in args.header)
     request = (f"GET {url.path or '/'}{'?' + url.query if url.query else ''} HTTP/1.1\r\n"
-               f"Host: {url.netloc}\r\n\r\n").encode()
+               f"Host: {url.netloc}\r\n{headers}\r\n").encode()
+    context = ssl.create_default_context(cafile=args.cacert) if url.scheme == "https" else None
     pool: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     for _ in range(args.concurrency):
-        pool.put_nowait(await asyncio.open_connection(url.hostname, url.port))
+        pool.put_nowait(await asyncio.open_connection(url.hostname, url.port, ssl=context))
 
     async def call() -> bool:
         reader, writer = await pool.get()
@@ -112,6 +129,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1, help="grpc: channels the calls are spread over")
     parser.add_argument("--call", default="acme.users.v1.UserService.GetUser")
     parser.add_argument("--data", default="{}")
+    parser.add_argument("--metadata", help="grpc: JSON object of metadata every call carries")
+    parser.add_argument("-H", "--header", action="append", default=[], help="http: 'Name: value' (repeat)")
+    parser.add_argument("--cacert", help="TLS: the CA bundle to trust (grpc: TLS only with it)")
+    parser.add_argument("--cert", help="grpc mTLS: the client certificate (PEM)")
+    parser.add_argument("--key", help="grpc mTLS: the client key (PEM)")
+    parser.add_argument("--server-name", help="grpc TLS: the name expected in the server's certificate")
     args = parser.parse_args()
     result = asyncio.run(grpc_run(args) if args.kind == "grpc" else http_run(args))
     sys.stdout.write(json.dumps(result) + "\n")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from bench._core import Figure, Options, Outcome, Target
 from bench._measure import described, median_ratio, rps
+from bench._security import PLAINTEXT
 from bench.gateway_latency import measure
 
 CONCURRENCY = 50
 
 
 def run(options: Options) -> Outcome:
-    samples = measure(options, "p4", concurrency=CONCURRENCY)
+    samples = measure(options, "p4", concurrency=CONCURRENCY)[PLAINTEXT.name]
     ratio = median_ratio(samples["gateway_grpc"], samples["direct_grpc"], rps)
     rest = median_ratio(samples["gateway_rest"], samples["direct_grpc"], rps)
     return Outcome(

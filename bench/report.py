@@ -60,14 +60,29 @@ def _load(detail: Mapping[str, Any], when: str) -> str:
     return " / ".join(str(x) for x in detail.get("load_average", {}).get(when, [])) or "—"
 
 
+def _busy(detail: Mapping[str, Any]) -> str:
+    return " (busy machine)" if detail.get("busy_machine") else ""
+
+
 def _table(figures: Sequence[Figure], results: Mapping[str, Any]) -> list[str]:
     rows = ["| # | figure | key | value | target | met | load avg at start |", "|---|---|---|---|---|---|---|"]
     for figure in figures:
         detail = results["details"].get(figure.id, {})
         for key, target in figure.targets.items():
             rows.append(f"| {figure.id} | {figure.title} | `{key}` | {_value(results.get(key, 'not run yet'))} | "
-                        f"{target} | {_met(detail, key)} | {_load(detail, 'before')} |")
+                        f"{target or '—'} | {_met(detail, key)} | {_load(detail, 'before')}{_busy(detail)} |")
     return rows
+
+
+def _own_table(table: Mapping[str, Any]) -> list[str]:
+    """A figure's own table (`columns`, `rows`, optional `title`) as Markdown; `|` in a cell is escaped."""
+    columns, rows = list(table.get("columns", ())), list(table.get("rows", ()))
+    if not columns:
+        return []
+    lines = [f"**{table['title']}**", ""] if table.get("title") else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_value(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return [*lines, ""]
 
 
 def _bullets(data: Mapping[str, Any], indent: str = "") -> list[str]:
@@ -83,13 +98,21 @@ def _bullets(data: Mapping[str, Any], indent: str = "") -> list[str]:
 
 
 def _figure_section(figure: Figure, detail: Mapping[str, Any]) -> list[str]:
-    targets = "; ".join(f"`{key}` {target} (met: {_met(detail, key)})" for key, target in figure.targets.items())
-    lines = [f"### {figure.id} — {figure.title}", "", f"Targets: {targets}.", "",
+    targets = "; ".join(f"`{key}` {target} (met: {_met(detail, key)})" for key, target in figure.targets.items()
+                        if target is not None) or "none"
+    reported = ", ".join(f"`{key}`" for key, target in figure.targets.items() if target is None)
+    lines = [f"### {figure.id} — {figure.title}", "",
+             f"Targets: {targets}.{f' Reported without a target: {reported}.' if reported else ''}", "",
              f"Measured {detail.get('measured_at', '?')}{' (smoke run)' if detail.get('smoke') else ''} in "
              f"{detail.get('seconds', '?')} s; load average (1/5/15 min) {_load(detail, 'before')} before, "
              f"{_load(detail, 'after')} after.", ""]
+    if detail.get("busy_machine"):
+        lines += ["**Taken on a busy machine**: the load average exceeded the usable cores (other work shared "
+                  "them), so absolute numbers are inflated and noisy; the side-by-side ratios and paired "
+                  "differences of the same rounds are the figures to read.", ""]
     if detail.get("status") != "measured":
         return [*lines, f"Status: {detail.get('status')}: {detail.get('why', '')}", ""]
+    lines += _own_table(detail.get("table") or {})
     for part in ("baseline", "subject"):
         if detail.get(part):
             lines += [f"**{part}**", "", *_bullets(detail[part]), ""]

@@ -20,14 +20,28 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from bench import grpc_server
 from bench._collector import collector
 from bench._core import Figure, Options, Outcome, Target
 from bench._load import grpc_load
-from bench._measure import Sample, cpu_us, described, measured, median_ratio, paired_rounds, rps
+from bench._measure import (
+    Sample,
+    cpu_us,
+    described,
+    measured,
+    median_difference,
+    median_ratio,
+    paired,
+    paired_rounds,
+    quartiles,
+    rps,
+)
 from bench._proc import SERVER_CPU, free_port, python_argv, started
 from bench._rows import LIST_SIZE, TINY_ID
+from bench._security import BenchPki
+from protomesh.auth import CLAIMS_KEY
 
 # Calls in flight over one connection: enough to keep a Python server's core busy while ghz waits.
 CONCURRENCY = 50
@@ -37,8 +51,10 @@ CALLS = {"tiny": (grpc_server.GET_USER, {"user_id": TINY_ID}),
 
 
 def measure_variants(log_dir: Path, variants: Mapping[str, Sequence[str]], *, duration: float, rounds: int,
-                     warmup: float, workload: str = "tiny") -> dict[str, list[Sample]]:
-    """Paired rounds against one bench.grpc_server per variant (its flags), all pinned to the server core."""
+                     warmup: float, workload: str = "tiny",
+                     clients: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, list[Sample]]:
+    """Paired rounds against one bench.grpc_server per variant (its flags), all pinned to the server core; a
+    variant's `clients` entry is how the load generator calls it (grpc_load's `tls` and `metadata`)."""
     call, data = CALLS[workload]
     with contextlib.ExitStack() as stack:
         subjects: dict[str, Callable[[], Sample]] = {}
@@ -46,50 +62,97 @@ def measure_variants(log_dir: Path, variants: Mapping[str, Sequence[str]], *, du
             port = free_port()
             argv = python_argv("bench.grpc_server", "--port", str(port), *flags)
             server = stack.enter_context(started(f"grpc-{name}", argv, log_dir=log_dir, cpu=SERVER_CPU, port=port))
-            subjects[name] = _subject(server.pid, f"127.0.0.1:{port}", call, data, duration)
+            client = (clients or {}).get(name, {})
+            subjects[name] = _subject(server.pid, f"127.0.0.1:{port}", call, data, duration, client)
             if warmup:
-                grpc_load(f"127.0.0.1:{port}", call, data, duration=warmup, concurrency=CONCURRENCY)
+                grpc_load(f"127.0.0.1:{port}", call, data, duration=warmup, concurrency=CONCURRENCY, **client)
         return paired_rounds(subjects, rounds)
 
 
-def _subject(pid: int, target: str, call: str, data: Mapping[str, object], duration: float) -> Callable[[], Sample]:
+def _subject(pid: int, target: str, call: str, data: Mapping[str, object], duration: float,
+             client: Mapping[str, Any]) -> Callable[[], Sample]:
     def run() -> Sample:
-        return measured([pid], lambda: grpc_load(target, call, data, duration=duration, concurrency=CONCURRENCY))
+        return measured([pid], lambda: grpc_load(target, call, data, duration=duration, concurrency=CONCURRENCY,
+                                                 **client))
 
     return run
 
 
 def run(options: Options) -> Outcome:
     log_dir = options.work_dir / "p1"
+    pki = BenchPki.create(log_dir / "pki")
     # Observability off (the runtime's interceptor only) and on as services run it: metrics, every call traced,
-    # spans exported to a collector; all three servers measured in the same paired rounds.
+    # spans exported to a collector; mTLS on as security.mode mtls serves (every call authorized, the caller
+    # presenting the gateway's certificate and claims as Envoy does); all servers in the same paired rounds.
     with collector(log_dir) as otlp:
-        variants = {**DEFAULT_VARIANTS, "observed": ("--mode", "protomesh", "--otlp", otlp),
+        variants = {**DEFAULT_VARIANTS,
+                    "mtls": ("--mode", "protomesh", "--identity-dir", str(pki.users_dir), "--allow", "gateway"),
+                    "observed": ("--mode", "protomesh", "--otlp", otlp),
                     "traced": ("--mode", "protomesh", "--otlp", otlp, "--sampling", "1")}
-        samples = measure_variants(log_dir, variants, duration=options.pick(2.0, 1.0), rounds=options.count(10, 1),
-                                   warmup=options.pick(1.0, 0.0))
+        clients = {"mtls": {"tls": pki.as_gateway(), "metadata": {CLAIMS_KEY: pki.claims}}}
+        # Many short rounds: five servers take 5 s a round, so neighbours in a ratio see nearly the same load.
+        samples = measure_variants(log_dir, variants, duration=options.pick(1.0, 1.0), rounds=options.count(20, 1),
+                                   warmup=options.pick(1.0, 0.0), clients=clients)
     bare, subject, observed, traced = samples["bare"], samples["protomesh"], samples["observed"], samples["traced"]
+    mtls = samples["mtls"]
     return Outcome(
         values={"p1_runtime_vs_bare": round(median_ratio(subject, bare, rps), 3),
-                "p1_observed_vs_bare": round(median_ratio(observed, bare, rps), 3)},
+                "p1_observed_vs_bare": round(median_ratio(observed, bare, rps), 3),
+                "p1_mtls_vs_bare": round(median_ratio(mtls, bare, rps), 3),
+                "p1_mtls_vs_plaintext": round(median_ratio(mtls, subject, rps), 3)},
         baseline={"what": "bare grpc.aio servicer, same server options", **described(bare)},
         subject={"what": "protomesh.Server, observability off: ProtomeshInterceptor only (no access log: WARNING)",
                  **described(subject),
-                 "observed": {"what": "observability on as the runtime defaults it: grpc_server_* metrics + /metrics, "
-                                      "1 % of calls traced, batched OTLP export to a collector", **described(observed)},
-                 "traced": {"what": "the same with every call traced (sampling 1.0, as the local mesh runs)",
-                            **described(traced)}},
-        commands=[bare[0].load.command],
+                 "mtls": {"what": VARIANTS_WHAT["mtls"], **described(mtls)},
+                 "observed": {"what": VARIANTS_WHAT["observed"], **described(observed)},
+                 "traced": {"what": VARIANTS_WHAT["traced"], **described(traced)}},
+        commands=[bare[0].load.command, mtls[0].load.command],
         notes=[f"every call traced (sampling 1.0): {median_ratio(traced, bare, rps):.3f} of bare req/s",
                f"server CPU efficiency (bare µs ÷ protomesh µs per call): observability off "
                f"{median_ratio(bare, subject, cpu_us):.3f}, on {median_ratio(bare, observed, cpu_us):.3f}, "
-               f"every call traced {median_ratio(bare, traced, cpu_us):.3f}",
+               f"every call traced {median_ratio(bare, traced, cpu_us):.3f}, "
+               f"mTLS {median_ratio(bare, mtls, cpu_us):.3f}",
+               "p1_mtls_vs_plaintext quartiles of the round-by-round ratios: "
+               f"{' to '.join(f'{q:.3f}' for q in quartiles(paired(mtls, subject, rps, ratio=True)))}; server CPU "
+               f"µs per call added by mTLS (median of round-by-round differences): "
+               f"{median_difference(mtls, subject, cpu_us):.1f}",
+               "mTLS: the load generator's TLS work is on the load core, the server's on the server core; one "
+               "connection, so the handshake is paid once per round, not per call",
                "the collector (nop exporter) runs on the load core; span export runs in a thread of the server"],
+        table=variant_table(samples, baseline="bare", plaintext="protomesh"),
     )
 
 
-FIGURE = Figure("p1", "protomesh runtime vs bare grpc.aio (GetUser, req/s, 1 server core), observability off / on",
-                {"p1_runtime_vs_bare": Target(">=", 0.90), "p1_observed_vs_bare": Target(">=", 0.85)}, run)
+VARIANTS_WHAT = {
+    "bare": "bare grpc.aio, plaintext",
+    "protomesh": "protomesh.Server, plaintext (security.mode off), observability off",
+    "mtls": "protomesh.Server, mTLS (security.mode mtls): client certificate required, SPIFFE id, intention "
+            "and GetUser's scope checked on every call; observability off",
+    "observed": "observability on as the runtime defaults it: grpc_server_* metrics + /metrics, 1 % of calls "
+                "traced, batched OTLP export to a collector",
+    "traced": "the same with every call traced (sampling 1.0, as the local mesh runs)",
+}
+
+
+def variant_table(samples: Mapping[str, Sequence[Sample]], *, baseline: str, plaintext: str) -> dict[str, Any]:
+    """Every server side by side: medians, and req/s and CPU per call as paired ratios to bare and to plaintext."""
+    rows = []
+    for name, runs in samples.items():
+        medians = described(runs)
+        rows.append([name, VARIANTS_WHAT.get(name, name), medians["median_rps"],
+                     round(median_ratio(runs, samples[baseline], rps), 3),
+                     round(median_ratio(runs, samples[plaintext], rps), 3), medians["median_server_cpu_us"],
+                     round(median_ratio(runs, samples[baseline], cpu_us), 3)])
+    return {"title": "Every server in the same paired rounds (ratios: medians of round-by-round ratios)",
+            "columns": ["server", "what", "req/s", "÷ bare", "÷ protomesh plaintext", "server CPU µs/call",
+                        "CPU ÷ bare"],
+            "rows": rows}
+
+
+FIGURE = Figure("p1", "protomesh runtime vs bare grpc.aio (GetUser, req/s, 1 server core), observability off / on, "
+                      "mTLS off / on",
+                {"p1_runtime_vs_bare": Target(">=", 0.90), "p1_observed_vs_bare": Target(">=", 0.85),
+                 "p1_mtls_vs_bare": None, "p1_mtls_vs_plaintext": None}, run)
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
