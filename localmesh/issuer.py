@@ -42,6 +42,7 @@ from pathlib import Path
 from localmesh import acl
 from localmesh.compose import TopologyError, load_compose
 from localmesh.observability import PROMETHEUS_TEMPLATE, render_prometheus_config
+from localmesh.pki import replace_file
 from localmesh.security import EDGE_DNS_NAMES, EDGE_IP_ADDRESSES, MeshSecurity, SecuritySpec
 from localmesh.topology import EXTENSION
 from protomesh.auth import POLICY_KEY
@@ -89,12 +90,7 @@ class Stack:
 
 def _write(path: Path, data: str, mode: int = 0o600) -> None:
     """Replace path by one rename (a container reading it never sees half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as out:
-        out.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    replace_file(path, data.encode(), mode)
 
 
 class Issuer:

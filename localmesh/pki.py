@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protomesh.aio import BackgroundTasks
 from protomesh.identity import CA_FILE, IDENTITY_FILE, TRUST_DOMAIN, Workload
 
 log = logging.getLogger("localmesh.pki")
@@ -100,7 +101,7 @@ class DevCA:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
         _write_private(key_path, _key_pem(key))
-        _replace(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        replace_file(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         log.info("created the development CA in %s", folder)
         return cls(folder, key, cert)
 
@@ -142,11 +143,12 @@ def write_identity(folder: Path, issued: Issued, bundle: bytes) -> None:
     """Replace the identity folder's files, each by one rename (identity.pem is 0600: it holds the key)."""
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    _replace(folder / CA_FILE, bundle)
+    replace_file(folder / CA_FILE, bundle)
     _write_private(folder / IDENTITY_FILE, issued.identity_pem)
 
 
-def _replace(path: Path, data: bytes, mode: int = 0o644) -> None:
+def replace_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Replace path by one rename (a reader never sees half a file), with mode set before it appears."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as out:
@@ -156,7 +158,7 @@ def _replace(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    _replace(path, data, 0o600)
+    replace_file(path, data, 0o600)
 
 
 @dataclass
@@ -184,7 +186,7 @@ class Renewer:
     ca: DevCA
     ttl_s: float = DEFAULT_LEAF_TTL_S
     subjects: dict[Path, Subject] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
+    _tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def add(self, workload: Workload, folder: Path, *, dns_names: Sequence[str] = (),
@@ -212,14 +214,11 @@ class Renewer:
         return (subject.current.not_after - _now()).total_seconds() - self.ttl_s / 2
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="localmesh-pki-renewer")
+        if not self._tasks.running:
+            self._tasks.start(self._run(), name="localmesh-pki-renewer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._tasks.stop()
 
     async def _run(self) -> None:
         while True:

@@ -159,17 +159,11 @@ def _wrap_coroutine(method: str, behavior: _Behavior, echo_initial: bool, stream
             return response
         except grpc.aio.AbortError:  # the handler aborted itself: its status stands
             raise
-        except Denied as denied:
-            code = denied.code
-            await _abort(context, plain_status(denied.code, denied.message), cid)
-        except UnparsableRequest:
-            code = UNPARSABLE_STATUS[0]
-            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except asyncio.CancelledError:
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = status_for(error, method, cid)
+            status = _failure_status(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -196,17 +190,11 @@ def _wrap_async_generator(method: str, behavior: _Behavior, echo_initial: bool, 
             _keep_correlation_id(context, cid, echo_initial)
         except grpc.aio.AbortError:
             raise
-        except Denied as denied:
-            code = denied.code
-            await _abort(context, plain_status(denied.code, denied.message), cid)
-        except UnparsableRequest:
-            code = UNPARSABLE_STATUS[0]
-            await _abort(context, plain_status(*UNPARSABLE_STATUS), cid)
         except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: the client went away mid-stream
             code = _ended_early(context)
             raise
         except Exception as error:
-            status = status_for(error, method, cid)
+            status = _failure_status(error, method, cid)
             code = status.code
             await _abort(context, status, cid)
         finally:
@@ -253,6 +241,15 @@ def _keep_correlation_id(context: grpc.aio.ServicerContext[Any, Any], cid: str, 
     ours = (_context.CORRELATION_ID_KEY, cid)
     if trailing[:1] != (ours,) and ours not in trailing:
         context.set_trailing_metadata((*trailing, ours))
+
+
+def _failure_status(error: Exception, method: str, cid: str) -> grpc.Status:
+    """What a call that raised answers: a denial or an unparsable request plainly, anything else by status_for."""
+    if isinstance(error, Denied):
+        return plain_status(error.code, error.message)
+    if isinstance(error, UnparsableRequest):
+        return plain_status(*UNPARSABLE_STATUS)
+    return status_for(error, method, cid)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status, cid: str) -> NoReturn:

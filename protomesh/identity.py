@@ -27,6 +27,8 @@ from pathlib import Path
 
 import grpc
 
+from protomesh.aio import BackgroundTasks
+
 log = logging.getLogger("protomesh.identity")
 
 TRUST_DOMAIN = "protomesh.local"
@@ -154,7 +156,7 @@ class IdentityFolder:
         self._stamp = _stamp(folder)
         self._poll_s = poll_s
         self._subscribers: list[Callable[[Credentials], None]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = BackgroundTasks()
 
     @classmethod
     def open(cls, folder: Path, *, poll_s: float = DEFAULT_POLL_S) -> IdentityFolder:
@@ -190,14 +192,11 @@ class IdentityFolder:
         return True
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._poll(), name=f"protomesh-identity-{self.folder.name}")
+        if not self._tasks.running:
+            self._tasks.start(self._poll(), name=f"protomesh-identity-{self.folder.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._tasks.stop()
 
     async def _poll(self) -> None:
         while True:

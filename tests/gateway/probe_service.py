@@ -54,14 +54,19 @@ message Tick {int32 n = 1;}
 
 def compile_probe(workdir: Path, project_protos: Path) -> Path:
     """The project's descriptor set with the probe contract added: what the gateway under test transcodes."""
-    root = workdir / "probe-protos"
-    path = root / "protomeshtest" / "probe" / "v1" / "probe.proto"
+    return descriptor_set_with(workdir, project_protos, "protomeshtest/probe/v1/probe.proto", PROTO)
+
+
+def descriptor_set_with(workdir: Path, project_protos: Path, proto_path: str, proto: str) -> Path:
+    """The project's contracts plus one test contract (`proto` written at `proto_path`), as a descriptor set."""
+    root = workdir / f"{Path(proto_path).stem}-protos"
+    path = root / proto_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(PROTO)
+    path.write_text(proto)
     includes = [f"-I{project_protos}", f"-I{root}", f"-I{Path(next(iter(google.api.__path__))).parent.parent}",
                 f"-I{Path(grpc_tools.__file__).parent / '_proto'}"]
-    out = workdir / "with-probe.binpb"
-    files = [*contract_files(project_protos), "protomeshtest/probe/v1/probe.proto", *EXTRA_DESCRIPTOR_FILES]
+    out = workdir / f"with-{Path(proto_path).stem}.binpb"
+    files = [*contract_files(project_protos), proto_path, *EXTRA_DESCRIPTOR_FILES]
     assert protoc.main(["protoc", *includes, "--include_imports", f"--descriptor_set_out={out}", *files]) == 0
     return out
 

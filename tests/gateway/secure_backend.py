@@ -11,15 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import google.api
 import grpc
 import grpc.aio
-import grpc_tools
 from cryptography import x509
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from grpc_tools import protoc
+from probe_service import descriptor_set_with
 
-from protomesh._codegen import EXTRA_DESCRIPTOR_FILES, contract_files
 from protomesh.consul import ConsulClient
 from protomesh.identity import IdentityFolder
 
@@ -81,16 +78,7 @@ METHODS = {SECURE: ("Hello", "Read", "Write", "Plain", "Limited"), FOREIGN: ("Op
 
 def compile_secure(workdir: Path, project_protos: Path) -> Path:
     """The project's descriptor set with the secure contract added: what the gateway under test serves."""
-    root = workdir / "secure-protos"
-    path = root / "protomeshtest" / "secure" / "v1" / "secure.proto"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(PROTO)
-    includes = [f"-I{project_protos}", f"-I{root}", f"-I{Path(next(iter(google.api.__path__))).parent.parent}",
-                f"-I{Path(grpc_tools.__file__).parent / '_proto'}"]
-    out = workdir / "with-secure.binpb"
-    files = [*contract_files(project_protos), "protomeshtest/secure/v1/secure.proto", *EXTRA_DESCRIPTOR_FILES]
-    assert protoc.main(["protoc", *includes, "--include_imports", f"--descriptor_set_out={out}", *files]) == 0
-    return out
+    return descriptor_set_with(workdir, project_protos, "protomeshtest/secure/v1/secure.proto", PROTO)
 
 
 @dataclass
