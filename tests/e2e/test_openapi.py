@@ -44,6 +44,15 @@ EXCLUDED_CHECKS = {
     # unknown method token (QUERY) with 400 from the HTTP codec, instead of 405 + Allow: a gateway fix, reported.
     "unsupported_method": "the gateway answers undeclared methods 404 (or 400), not 405",
 }
+# Checks off for one operation only, each with why (the check runs everywhere else).
+EXCLUDED_OPERATION_CHECKS = {
+    # Schemathesis' stateful phase deletes a user, then lists /v1/users/{id}/notifications and expects 404. That list
+    # belongs to the notifications service, nested under the user in REST only: it answers any user id it holds no
+    # notification for (a deleted user too) with an empty list, and may not ask users whether the user exists (its
+    # intentions do not allow it). Seen once in CI (ST301 "Deleted resource still available").
+    ("NotificationService_ListNotifications", "use_after_free"):
+        "another service's list nested under a user answers an empty list for a deleted user",
+}
 # Operations left out of the run: a server stream stays open until its client ends it; the walkthrough tests it.
 EXCLUDED_OPERATIONS = ("NotificationService_WatchNotifications",)
 # Bounds of each run (2 shared cores): examples per operation, seconds, and one worker (schemathesis' threads
@@ -285,8 +294,12 @@ async def run_schemathesis(mesh: RunningMesh, folder: Path, *, mode: str) -> Fuz
     token can be told from the ones its checks make up)."""
     assert SCHEMATHESIS.is_file(), f"{SCHEMATHESIS} is missing: run `scripts/bootstrap.sh fuzz` (`make test` does)"
     assert mesh.client.ca_file is not None
-    report, har = folder / f"{mode}.json", folder / f"{mode}.har"
-    argv = [str(SCHEMATHESIS), "run", str(DOCUMENT), "--url", mesh.url, "--tls-verify", str(mesh.client.ca_file),
+    report, har, config = folder / f"{mode}.json", folder / f"{mode}.har", folder / "schemathesis.toml"
+    config.write_text("".join(
+        f'[[operations]]\ninclude-operation-id = "{operation}"\nchecks.{check}.enabled = false\n\n'
+        for operation, check in EXCLUDED_OPERATION_CHECKS))
+    argv = [str(SCHEMATHESIS), "--config-file", str(config), "run", str(DOCUMENT), "--url", mesh.url,
+            "--tls-verify", str(mesh.client.ca_file),
             "--header", f"Authorization: Bearer {mesh.token}", "--checks", "all",
             "--exclude-checks", ",".join(EXCLUDED_CHECKS), "--mode", mode, "--max-examples", str(MAX_EXAMPLES),
             "--max-time", str(MAX_SECONDS), "--workers", "1", "--request-timeout", "5", "--seed", "1",
