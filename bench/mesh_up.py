@@ -14,11 +14,13 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
 from bench._gateway import poll
+from localmesh.testing.client import GatewayClient
 
 # What `protomesh up` needs from a checkout; everything it writes goes to <root>/var/mesh.
 LINKED = ("docker-compose.yml", "Makefile", "protos", "services", "gen", "config", "pyproject.toml")
@@ -40,11 +42,11 @@ def _protomesh() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "protomesh.cli"]
 
 
-def _rest_answers(port: int) -> bool:
-    import urllib.request
-
+def _rest_answers(gateway: GatewayClient, token: str) -> bool:
+    """GET /v1/users answers 200 through the gateway, over TLS with the mesh's CA and a token when it is secured."""
+    request = urllib.request.Request(f"{gateway.url}/v1/users", headers=gateway.headers(token))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2, context=gateway.ssl_context()) as response:
             return int(response.status) == 200
     except OSError:
         return False
@@ -54,7 +56,7 @@ def _run(argv: list[str], root: Path, env: dict[str, str], timeout: float) -> su
     return subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _cycle(root: Path, env: dict[str, str], gateway_port: int) -> dict[str, Any]:
+def _cycle(root: Path, env: dict[str, str]) -> dict[str, Any]:
     """One `up --detach` -> REST answering -> `down`; the seconds of each step."""
     up, down = [*_protomesh(), "up", "--detach"], [*_protomesh(), "down"]
     began = time.perf_counter()
@@ -64,7 +66,9 @@ def _cycle(root: Path, env: dict[str, str], gateway_port: int) -> dict[str, Any]
         if started.returncode != 0:
             raise NotRun(f"`protomesh up --detach` failed ({started.returncode}): "
                          f"{(started.stdout + started.stderr)[-600:]}", missing="mesh runner")
-        answered = poll(lambda: _rest_answers(gateway_port), timeout=60, what="REST via the gateway", interval=0.02)
+        gateway = GatewayClient.of_running(root, env)
+        token = gateway.token("users:read", subject="bench")
+        answered = poll(lambda: _rest_answers(gateway, token), timeout=60, what="REST via the gateway", interval=0.02)
     finally:
         stopping = time.perf_counter()
         stopped = _run(down, root, env, DOWN_TIMEOUT_S)
@@ -83,15 +87,16 @@ def run(options: Options) -> Outcome:
     env = isolated_env(root, root / "var" / "mesh",
                        overrides={"PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
     ports = {name: int(env[name]) for name in env if name.endswith("_PORT") and env[name].isdigit()}
-    cold = _cycle(root, env, ports["GATEWAY_PORT"])
-    warm = _cycle(root, env, ports["GATEWAY_PORT"])  # the state a previous `up` left: RabbitMQ's data exists
+    cold = _cycle(root, env)
+    warm = _cycle(root, env)  # the state a previous `up` left: RabbitMQ's data exists
     setting = " ".join(f"{name}={env[name]}" for name in (*ports, "PROTOMESH_RABBITMQ_NODE"))
     return Outcome(
         values={"p8_up_cold_s": cold["total_s"]},
         subject={"what": "`protomesh up --detach` in a fresh checkout (no state) until GET /v1/users answers 200",
                  "cold": cold, "warm_second_up": warm},
         commands=[f"cd {root} && {setting} {shlex.join([*_protomesh(), 'up', '--detach'])}",
-                  f"curl http://127.0.0.1:{ports['GATEWAY_PORT']}/v1/users", shlex.join([*_protomesh(), "down"])],
+                  f"curl --cacert var/mesh/pki/ca.pem -H 'authorization: Bearer $TOKEN' "
+                  f"https://127.0.0.1:{ports['GATEWAY_PORT']}/v1/users", shlex.join([*_protomesh(), "down"])],
         notes=[f"second `up` with the state the first one left (warm): {warm['total_s']} s"],
     )
 
