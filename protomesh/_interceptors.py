@@ -33,7 +33,35 @@ MAX_CORRELATION_ID_LENGTH = 128
 _Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
 
 
-class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
+class HandlerWrapping(grpc.aio.ServerInterceptor):
+    """Wraps each method's handler once, on its first call (`wrap`), and serves the wrapped one from then on.
+
+    grpc.aio asks every interceptor for the handler on every call, so the wrapped handler is built once per
+    method and then served from a dict. An unknown method is not cached, so probing names cannot grow it.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            found = await continuation(handler_call_details)
+            if found is None:
+                return None
+            handler = self._handlers[method] = self.wrap(method, found)
+        return handler
+
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        raise NotImplementedError
+
+
+class ProtomeshInterceptor(HandlerWrapping):
     """Correlation id, call context (`protomesh._context`), the caller (`protomesh.caller()`) and its
     authorization, DomainError -> status and access log per call.
 
@@ -60,26 +88,13 @@ class ProtomeshInterceptor(grpc.aio.ServerInterceptor):
         self._echo_initial = echo == "initial"
         self._pass_through = tuple(pass_through_prefixes)
         self._guard: CallGuard = guard or Unchecked()
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method: str = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            found = await continuation(handler_call_details)
-            if found is None:  # unknown method: not cached, so probing names cannot grow the dict
-                return None
-            if not method.startswith(self._pass_through):
-                handler = wrap_handler(method, found, echo_initial=self._echo_initial, guard=self._guard)
-            elif self._guard.gates_plumbing(method):
-                handler = _gated(method, found, self._guard)
-            else:
-                handler = found
-            self._handlers[method] = handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        if not method.startswith(self._pass_through):
+            return wrap_handler(method, handler, echo_initial=self._echo_initial, guard=self._guard)
+        if self._guard.gates_plumbing(method):
+            return _gated(method, handler, self._guard)
         return handler
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -14,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from protomesh._interceptors import DEFAULT_PASS_THROUGH_PREFIXES, _ended_early, behavior_of
+from protomesh._interceptors import DEFAULT_PASS_THROUGH_PREFIXES, HandlerWrapping, _ended_early, behavior_of
 from protomesh._metrics import CallMetrics, MethodMetrics, grpc_type
 from protomesh._tracing import RootSampling, context_from_metadata
 
@@ -27,7 +27,7 @@ SERVER_ERROR_CODES = frozenset({grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLIN
                                 grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS})
 
 
-class TelemetryInterceptor(grpc.aio.ServerInterceptor):
+class TelemetryInterceptor(HandlerWrapping):
     """Per call: grpc_server_* metrics and a SERVER span that is current while the handler runs.
 
     It goes before ProtomeshInterceptor, so the access log and every log line of the handler see the span, and
@@ -45,22 +45,10 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._tracer = tracer
         self._sampling = sampling or RootSampling(1.0)
         self._pass_through = tuple(pass_through_prefixes)
-        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+        super().__init__()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method: str = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            found = await continuation(handler_call_details)
-            if found is None:  # unknown method: not cached, so probing names cannot grow the dict
-                return None
-            handler = found if method.startswith(self._pass_through) else self._wrap(method, found)
-            self._handlers[method] = handler
-        return handler
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        return handler if method.startswith(self._pass_through) else self._wrap(method, handler)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         streaming = (handler.request_streaming, handler.response_streaming)
