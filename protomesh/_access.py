@@ -34,6 +34,8 @@ class AccessState:
     def __init__(self, consul: ConsulClient, *, wait: str = DEFAULT_WAIT) -> None:
         self.intentions = Intentions()
         self.policy = Policy()
+        self._intentions_seen = _AfterRestart("intentions")
+        self._policy_seen = _AfterRestart(f"the security policy ({POLICY_KEY})")
         self._consul = consul
         self._wait = wait
         self._loaded = {"intentions": asyncio.Event(), "policy": asyncio.Event()}
@@ -64,10 +66,15 @@ class AccessState:
         await self._watches.stop()
 
     async def _fetch_intentions(self, index: int | None) -> tuple[int, Intentions]:
-        return await read_intentions(self._consul, index=index, wait=self._wait)
+        new_index, intentions = await read_intentions(self._consul, index=index, wait=self._wait)
+        keep = self._intentions_seen.keeps(new_index, empty=not intentions.entries,
+                                           holding=bool(self.intentions.entries))
+        return new_index, self.intentions if keep else intentions
 
     async def _fetch_policy(self, index: int | None) -> tuple[int, str | None]:
-        return await self._consul.kv_get(POLICY_KEY, index=index, wait=self._wait)
+        new_index, text = await self._consul.kv_get(POLICY_KEY, index=index, wait=self._wait)
+        keep = self._policy_seen.keeps(new_index, empty=text is None, holding=self.policy != Policy())
+        return new_index, _KEEP_POLICY if keep else text
 
     async def _on_intentions(self, intentions: Intentions) -> None:
         self._loaded["intentions"].set()
@@ -78,6 +85,8 @@ class AccessState:
 
     async def _on_policy(self, text: str | None) -> None:
         self._loaded["policy"].set()
+        if text is _KEEP_POLICY:
+            return
         try:
             policy = Policy.parse(json.loads(text) if text else None)
         except ValueError as exc:  # json.JSONDecodeError is a ValueError too
@@ -94,3 +103,34 @@ class AccessState:
                 callback()
             except Exception:
                 log.exception("access subscriber %r failed", callback)
+
+
+# What _fetch_policy answers while it keeps the last policy (compared by identity).
+_KEEP_POLICY = "<keep the last policy>"
+
+
+class _AfterRestart:
+    """Tells when an empty answer comes from a Consul agent that restarted and lost its state.
+
+    A -dev agent (the local mesh's) keeps nothing: after a restart it answers "no intentions" and "no policy"
+    with an index that went back, until the runner writes them again a moment later. Applying that would deny
+    every call in between, so the last known state is kept until the answer holds something again, or until the
+    index moves past the restart (a real removal, made after it).
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._last: int | None = None
+        self._held_at: int | None = None
+
+    def keeps(self, index: int, *, empty: bool, holding: bool) -> bool:
+        went_back = self._last is not None and index < self._last
+        self._last = index
+        if empty and holding and (went_back or (self._held_at is not None and index <= self._held_at)):
+            if self._held_at is None:
+                log.warning("Consul answers no %s after its index went back (an agent that restarted without its "
+                            "state?): keeping the last known until it holds them again", self._what)
+            self._held_at = index if self._held_at is None else self._held_at
+            return True
+        self._held_at = None
+        return False
