@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,11 +43,17 @@ def measured(pids: Sequence[int] | Mapping[str, int], load: Callable[[], LoadRes
     """Run `load` and charge the CPU the given server processes spent meanwhile to it (a mapping names them:
     the sample then has each one's share too)."""
     named = pids if isinstance(pids, Mapping) else {str(pid): pid for pid in pids}
-    before = {name: cpu_seconds(pid) for name, pid in named.items()}
-    result = load()
-    spent = {name: cpu_seconds(pid) - before[name] for name, pid in named.items()}
-    if result.errors:
-        raise RuntimeError(f"{result.errors} failed requests in: {result.command}")
+    for attempt in (1, 2):
+        before = {name: cpu_seconds(pid) for name, pid in named.items()}
+        result = load()
+        spent = {name: cpu_seconds(pid) - before[name] for name, pid in named.items()}
+        if not result.errors:
+            break
+        # A failed request spoils the sample's latency and CPU: the sample is taken once more, said on stderr;
+        # failures twice in a row end the figure.
+        print(f"    {result.errors} failed request(s) (attempt {attempt} of 2) in: {result.command}", file=sys.stderr)
+    else:
+        raise RuntimeError(f"{result.errors} failed requests, twice in a row, in: {result.command}")
     return Sample(result, sum(spent.values()), spent if isinstance(pids, Mapping) else {})
 
 
