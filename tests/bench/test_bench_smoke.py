@@ -18,7 +18,7 @@ from localmesh.testing import MissingComponentError, find_rabbitmq_script, proje
 # The cheap figures: gRPC servers (plaintext and mTLS), FastAPI (when the bench venv exists), RabbitMQ, and the
 # gateway in each of its security settings (one short round each, so none of them can rot).
 FIGURES = "p1,p2,p3,p7,p8"
-# p1 + p2 + p3 + p7 take ~75 s on an idle 2-core machine; a loaded one needs the slack.
+# p1 + p2 + p3 + p7 + p8 take ~100 s on an idle 2-core machine; a loaded one needs the slack.
 TIMEOUT_S = 480
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
 GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "observed"]
