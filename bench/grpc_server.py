@@ -4,7 +4,9 @@
     python -m bench.grpc_server --mode protomesh --port 50051 --identity-dir DIR --allow gateway   # mTLS
 
 Runs until SIGTERM/SIGINT. `bare` is what a team writes without protomesh: the same servicer on a
-grpc.aio server with the same options, no interceptor, no health, no reflection.
+grpc.aio server with the same options, no interceptor, no health, no reflection, on the standard asyncio
+loop. `protomesh` runs as protomesh.run() does: on uvloop with start-up's heap frozen (`--loop`, `--gc-freeze`
+set either side by hand for A/B runs).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
 
 from bench._proc import python_argv
 from bench._rows import BY_ID, ROWS, Row
+from protomesh._process import freeze_startup_heap, loop_factory
+from protomesh._settings import ServerSettings
 from protomesh.convert import timestamp
 from protomesh.errors import NotFound
 
@@ -147,6 +151,8 @@ async def serve(args: argparse.Namespace) -> None:
                                         tls=security is not None)
             await registration.start()
             stack.push_async_callback(registration.deregister)
+        if args.gc_freeze == "on":
+            freeze_startup_heap()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -183,19 +189,23 @@ def main() -> None:
     parser.add_argument("--access-log", action="store_true", help="log every call at INFO (to /dev/null)")
     parser.add_argument("--datetime-timestamps", action="store_true",
                         help="datetimes converted by protobuf (the users service before protomesh.convert)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
-                        help="event loop (uvloop must be importable: an experiment, not what services run on)")
+    parser.add_argument("--loop", choices=("runtime", "asyncio", "uvloop"), default="runtime",
+                        help="event loop; runtime (default): what protomesh.run() picks in protomesh mode (uvloop), "
+                             "the standard library's in bare mode (what a team writes without protomesh)")
+    parser.add_argument("--gc-freeze", choices=("runtime", "on", "off"), default="runtime",
+                        help="freeze start-up's heap once serving; runtime (default): as protomesh.run() does in "
+                             "protomesh mode (on), off in bare mode")
     args = parser.parse_args()
     if args.identity_dir is not None and args.mode == "bare":
         parser.error("--identity-dir is the runtime's mTLS: use it with --mode protomesh")
     if args.access_log:  # what a service at log_level INFO does: one line per call
         logging.basicConfig(level=logging.INFO, stream=open(os.devnull, "w"))  # noqa: SIM115
-    loop_factory = None
-    if args.loop == "uvloop":
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
+    runtime = ServerSettings()
+    if args.loop == "runtime":
+        args.loop = runtime.event_loop if args.mode == "protomesh" else "asyncio"
+    if args.gc_freeze == "runtime":
+        args.gc_freeze = "on" if args.mode == "protomesh" and runtime.gc_freeze else "off"
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         runner.run(serve(args))
 
 

@@ -17,6 +17,7 @@ from protomesh._config import ConfigStore, env_prefix, load_settings
 from protomesh._discovery import DiscoveryChannel
 from protomesh._logs import formatter
 from protomesh._observability import Observability
+from protomesh._process import freeze_startup_heap, loop_factory
 from protomesh._registry import Registration
 from protomesh._security import open_identity, start_security
 from protomesh._server import Binding, Server
@@ -206,14 +207,17 @@ def run(service: str, settings_type: type[S], build: Build[S]) -> None:
         def main() -> None:
             protomesh.run("users", UsersSettings, build)
 
-    Invalid settings exit with status 2 and one log line naming the key; a crash at startup with 1.
+    The loop is uvloop unless server.event_loop says asyncio, and start-up's heap is frozen once serving unless
+    server.gc_freeze is false (protomesh/_process.py). Invalid settings exit with status 2 and one log line
+    naming the key; a crash at startup with 1.
     """
     configure_logging("INFO")
     try:
         # Static layers only, to set the log level before anything else logs; serve() loads again with KV.
         static = load_settings(settings_type, service)
         configure_logging(static.log_level, json_logs=static.observability.json_logs)
-        asyncio.run(_serve_until_signalled(service, settings_type, build))
+        with asyncio.Runner(loop_factory=loop_factory(static.server.event_loop)) as runner:
+            runner.run(_serve_until_signalled(service, settings_type, build))
     except ConfigError as exc:
         _LOG.error("invalid settings for %s: %s", service, exc)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
@@ -232,6 +236,8 @@ async def _serve_until_signalled(service: str, settings_type: type[S], build: Bu
         loop.add_signal_handler(signum, _on_signal, signum, stop)
     running = await serve(service, settings_type, build)
     running.context.config.subscribe(lambda settings: _apply_log_level(settings.log_level))
+    if running.context.config.current.server.gc_freeze:
+        freeze_startup_heap()
     _LOG.info("%s ready on port %d (instance %s)", service, running.port, running.instance_id)
     await stop.wait()
     _LOG.info("%s shutting down", service)

@@ -32,6 +32,10 @@ class ServerSettings:
     # The instance's Consul service id; empty: "<service>-<host>-<port>". A supervisor that restarts
     # an instance sets it, so the restarted process takes over its registration instead of adding another.
     instance_id: str = ""
+    # The process's event loop (uvloop or asyncio) and whether start-up's heap is frozen once serving: what
+    # run() does, see protomesh/_process.py. serve() (tests, embedding) runs in the caller's loop either way.
+    event_loop: str = "uvloop"
+    gc_freeze: bool = True
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,37 @@ async def _counted(stub: Any, expected: int) -> bool:
     return await _in_flight(stub) == expected
 
 
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, "uvloop frozen"),
+    ({"SLOWSVC_SERVER__EVENT_LOOP": "asyncio", "SLOWSVC_SERVER__GC_FREEZE": "false"}, "asyncio not frozen"),
+])
+async def test_run_serves_on_uvloop_with_start_up_frozen_unless_the_settings_say_otherwise(
+        consul_agent: ConsulAgent, tmp_path: Path, settings: dict[str, str], expected: str) -> None:
+    service = _slow_service(consul_agent.address, tmp_path, **settings)
+    service.start()
+    try:
+        await poll_until(lambda: _passing(consul_agent, SLOW_SERVICE), what="slow service passing")
+        [instance] = await _passing(consul_agent, SLOW_SERVICE)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance['Port']}") as channel:
+            stub = users_service_pb2_grpc.UserServiceStub(channel)
+
+            async def answers_as_expected() -> bool:  # run() freezes right after serve() returned
+                reply = await stub.GetUser(users_service_pb2.GetUserRequest(user_id="process"), timeout=5)
+                return bool(reply.user.display_name == expected)
+
+            await poll_until(answers_as_expected, timeout=5, what=f"the service to answer {expected!r}")
+    finally:
+        service.stop()
+
+
+def test_run_with_an_unknown_event_loop_exits_with_code_2_saying_which_loops_exist(tmp_path: Path) -> None:
+    service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SERVER__EVENT_LOOP="trio")
+    service.start()
+    assert service.proc is not None
+    assert service.proc.wait(timeout=30) == 2
+    assert "server.event_loop: expected one of uvloop, asyncio, got 'trio'" in service.log_tail()
+
+
 def test_run_exits_with_code_2_naming_the_bad_key_before_touching_consul(tmp_path: Path) -> None:
     service = _slow_service("127.0.0.1:1", tmp_path, SLOWSVC_SERVER__PORT="not-a-port")
     service.start()

@@ -3,12 +3,14 @@
     PROTOMESH_CONFIG_DIR=/empty CONSUL_HTTP_ADDR=127.0.0.1:8500 python tests/runtime/test_app_slow_service.py
 
 GetUser takes SLOW_CALL_S for any user id except "in-flight", which answers at once with the number of
-slow calls being served (in display_name), so a test can wait until its calls really are in flight.
+slow calls being served (in display_name), so a test can wait until its calls really are in flight, and
+"process", which answers how the process runs: its loop's module and whether start-up's heap is frozen.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from acme.users.v1 import users_pb2, users_service_pb2, users_service_pb2_grpc
@@ -26,6 +28,10 @@ class SlowUsers(users_service_pb2_grpc.UserServiceServicer):
         self.in_flight = 0
 
     async def GetUser(self, request: Any, context: Any) -> Any:
+        if request.user_id == "process":
+            loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+            frozen = "frozen" if gc.get_freeze_count() else "not frozen"
+            return users_service_pb2.GetUserResponse(user=users_pb2.User(display_name=f"{loop} {frozen}"))
         if request.user_id == "in-flight":
             return users_service_pb2.GetUserResponse(user=users_pb2.User(display_name=str(self.in_flight)))
         self.in_flight += 1
