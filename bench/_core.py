@@ -52,19 +52,27 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Target:
-    """What a value must be: at least (">=") or at most ("<=") `value`; a dict of values must all be."""
+    """What a value must be: at least (">=") or at most ("<=") `value`; a dict of values must all be, each against
+    its own goal in `per_key` when named there (p2: tiny >= 0.5, list50 >= 1)."""
 
     op: Literal[">=", "<="]
     value: float
     unit: str = ""
+    per_key: Mapping[str, float] = field(default_factory=dict)
 
     def met(self, measured: Any) -> bool:
         if isinstance(measured, Mapping):
-            return all(self.met(inner) for inner in measured.values())
-        return bool(measured >= self.value if self.op == ">=" else measured <= self.value)
+            return all(self._holds(inner, self.per_key.get(key, self.value)) for key, inner in measured.items())
+        return self._holds(measured, self.value)
+
+    def _holds(self, measured: Any, goal: float) -> bool:
+        return bool(measured >= goal if self.op == ">=" else measured <= goal)
 
     def __str__(self) -> str:
-        return f"{'≥' if self.op == '>=' else '≤'} {self.value:,g}{self.unit}"
+        sign = "≥" if self.op == ">=" else "≤"
+        if self.per_key:
+            return " / ".join(f"{key} {sign} {goal:,g}{self.unit}" for key, goal in self.per_key.items())
+        return f"{sign} {self.value:,g}{self.unit}"
 
 
 @dataclass(frozen=True)

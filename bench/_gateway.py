@@ -25,7 +25,7 @@ from bench._core import NotRun
 from bench._load import DESCRIPTOR, ClientTls, LoadResult, grpc_load, http_load
 from bench._proc import LOAD_CPU, SERVER_CPU, free_port, need_binary, pinned, started, wait_until
 from bench._rows import TINY_ID
-from bench._security import PLAINTEXT, BenchPki, GatewaySecurity, secured_consul
+from bench._security import PLAINTEXT, RATE_LIMITED, BenchPki, GatewaySecurity, put_policy, secured_consul
 from localmesh import acl
 from protomesh.auth import CLAIMS_KEY
 from protomesh.intentions import Intention
@@ -127,12 +127,16 @@ def gateway_stack(log_dir: Path, *, backend: bool = True, otlp: str | None = Non
         pki = None if security.off else BenchPki.create(log_dir / "pki")
         if pki is None:
             consul, env, backend_env = stack.enter_context(consul_agent(log_dir)), None, None
+            runner_token = ""
         else:
             secured = stack.enter_context(secured_consul(log_dir, pki))
             secured.allow(Intention("gateway", grpc_server.SERVICE))
             consul = secured.agent
             env = {**os.environ, "CONSUL_HTTP_TOKEN": secured.token(acl.CONTROLPLANE)}
             backend_env = {"CONSUL_HTTP_TOKEN": secured.token(grpc_server.SERVICE)}
+            runner_token = secured.token(acl.RUNNER)
+        if security.rate_limit:
+            put_policy(consul.address, RATE_LIMITED, runner_token)
         gateway = envoy_gateway(log_dir, consul.address, otlp=otlp, env=env, tls=security.edge_tls,
                                 security_args=security.gateway_args(pki) if pki is not None else ("--plaintext",))
         stack.callback(gateway.stop)

@@ -28,6 +28,7 @@ from localmesh import acl
 from localmesh.consul import AgentSecurity, ConsulAgent
 from localmesh.pki import DevCA, Issued, write_identity
 from localmesh.tokens import AUDIENCE, DevIssuer
+from protomesh.auth import POLICY_KEY, Policy, RateLimit
 from protomesh.identity import CA_FILE, Workload, service_host_name
 from protomesh.intentions import INTENTIONS_PATH, Intention
 
@@ -38,6 +39,9 @@ CERT_TTL_S = 6 * 3600.0
 TOKEN_TTL_S = 6 * 3600
 # What GetUser's contract asks of a caller's token: `(protomesh.v1.auth) = {scopes: "users:read"}`.
 READ_SCOPES = ("users:read",)
+# The rate-limited setting: GetUser gets a token bucket of its own, so every call takes a token, but one no
+# benchmark empties (what the filter costs, not what refusing costs).
+RATE_LIMITED = Policy(rate_limits={"/acme.users.v1.UserService/GetUser": RateLimit(requests=1_000_000, per_s=1.0)})
 
 
 @dataclass
@@ -180,15 +184,19 @@ class GatewaySecurity:
     edge_tls: bool = False
     jwt: bool = False
     mtls: bool = False
+    # GetUser under a rate limit of the policy in Consul (RATE_LIMITED), on any of the settings above.
+    rate_limit: bool = False
 
     @property
     def off(self) -> bool:
+        """No TLS and no token anywhere: Consul without ACLs, no PKI (a rate limit needs neither)."""
         return not (self.edge_tls or self.jwt or self.mtls)
 
     @property
     def what(self) -> str:
         parts = [("TLS at the edge", self.edge_tls), ("JWT checked", self.jwt), ("mTLS to the service", self.mtls)]
-        return " + ".join(part for part, on in parts if on) or "plaintext, no token, plaintext to the service"
+        security = " + ".join(part for part, on in parts if on) or "plaintext, no token, plaintext to the service"
+        return f"{security}, GetUser rate-limited (a bucket it never empties)" if self.rate_limit else security
 
     def gateway_args(self, pki: BenchPki) -> list[str]:
         """The control plane's flags for this setting (as localmesh.security.gateway_arguments builds them)."""
@@ -202,3 +210,13 @@ PLAINTEXT = GatewaySecurity("off")
 TLS = GatewaySecurity("tls", edge_tls=True)
 TLS_JWT = GatewaySecurity("tls+jwt", edge_tls=True, jwt=True)
 TLS_JWT_MTLS = GatewaySecurity("tls+jwt+mtls", edge_tls=True, jwt=True, mtls=True)
+RATE_LIMIT = GatewaySecurity("ratelimit", rate_limit=True)
+
+
+def put_policy(consul_address: str, policy: Policy, token: str = "") -> None:
+    """The mesh's security policy at POLICY_KEY, as the local mesh's runner writes it from the topology."""
+    request = urllib.request.Request(f"http://{consul_address}/v1/kv/{POLICY_KEY}", method="PUT",
+                                     data=json.dumps(policy.to_json()).encode(),
+                                     headers={"X-Consul-Token": token} if token else {})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()

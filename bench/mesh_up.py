@@ -101,4 +101,4 @@ def run(options: Options) -> Outcome:
     )
 
 
-FIGURE = Figure("p8", "`protomesh up` cold start to REST answering", {"p8_up_cold_s": Target("<=", 10, " s")}, run)
+FIGURE = Figure("p8", "`protomesh up` cold start to REST answering", {"p8_up_cold_s": Target("<=", 5, " s")}, run)

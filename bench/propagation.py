@@ -69,4 +69,4 @@ def run(options: Options) -> Outcome:
 
 
 FIGURE = Figure("p5", "Consul change -> Envoy ACKed the new endpoints, p99",
-                {"p5_propagation_p99_ms": Target("<=", 100, " ms")}, run)
+                {"p5_propagation_p99_ms": Target("<=", 20, " ms")}, run)

@@ -21,7 +21,7 @@ FIGURES = "p1,p2,p3,p7,p8"
 # p1 + p2 + p3 + p7 + p8 take ~100 s on an idle 2-core machine; a loaded one needs the slack.
 TIMEOUT_S = 480
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
-GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "observed"]
+GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "ratelimit", "observed"]
 
 
 def _bench_venv_exists(root: Path) -> bool:
@@ -92,7 +92,12 @@ def test_the_runtime_figure_always_measures_because_it_needs_no_external_tool(sm
                          available=True)
     detail = results["details"]["p1"]
     assert detail["commands"][0].endswith("-m bench --only p1 --smoke")
-    assert [row[0] for row in detail["table"]["rows"]] == ["bare", "protomesh", "mtls", "observed", "traced"]
+    assert [row[0] for row in detail["table"]["rows"]] == ["bare", "protomesh", "bare_uvloop", "protomesh_asyncio",
+                                                           "metrics", "tracing", "observed", "traced", "mtls"]
+    # The price of each feature by itself, in CPU µs per call: a difference, so either sign in a smoke run.
+    prices = results["p1_feature_cpu_us"]
+    assert set(prices) == {"metrics", "tracing", "observed", "traced", "mtls"}, prices
+    assert all(isinstance(value, float) and math.isfinite(value) for value in prices.values()), prices
     # The mTLS server was called with a client certificate (every call answered: failures abort a figure).
     assert "--cert " in detail["commands"][2]
     assert "--cname users.svc." in detail["commands"][2]
