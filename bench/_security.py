@@ -167,7 +167,7 @@ def secured_consul(log_dir: Path, pki: BenchPki) -> Iterator[SecuredConsul]:
     agent = ConsulAgent(log_dir, security=pki.agent_security(tokens.master))
     try:
         agent.start()
-        acl.apply(agent.address, tokens, acl.grants([SERVICE]))
+        acl.apply_when_ready(agent.address, tokens, acl.grants([SERVICE]))
         yield SecuredConsul(agent, tokens)
     finally:
         agent.stop()

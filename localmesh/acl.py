@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -122,6 +123,25 @@ def _found(address: str, path: str, token: str) -> dict[str, object] | None:
             return None
         raise
     return answer if isinstance(answer, dict) else None
+
+
+# How long apply_when_ready() waits for a new agent to leave the legacy ACL mode (a loaded machine: seconds).
+ACL_READY_TIMEOUT_S = 30.0
+
+
+def apply_when_ready(address: str, tokens: MeshTokens, wanted: Mapping[str, str], *,
+                     timeout: float = ACL_READY_TIMEOUT_S) -> None:
+    """apply(), retried while an agent that has just started is still in the legacy ACL mode (for callers
+    that start an agent and set it up at once: tests and benchmarks; the runner polls instead)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            apply(address, tokens, wanted)
+            return
+        except AclNotReady:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def apply(address: str, tokens: MeshTokens, wanted: Mapping[str, str]) -> None:

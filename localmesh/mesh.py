@@ -96,7 +96,9 @@ class Mesh:
 
     async def _start_specs(self, specs: list[Spec]) -> None:
         """Each spec starts once its dependencies are started (or healthy, as depends_on says); specs that do
-        not depend on each other start together. Background specs never hold up the rest."""
+        not depend on each other start together. Background specs never hold up the rest: they start once the
+        others are healthy (a JVM's or Prometheus' start-up would otherwise take CPU from the path to "up"),
+        except one the others depend on, which starts with them."""
         started = {spec.name: asyncio.Event() for spec in specs}
         healthy = {spec.name: asyncio.Event() for spec in specs}
         for name in self.components:  # already running (a reconcile): their dependants need not wait
@@ -112,15 +114,19 @@ class Mesh:
             await asyncio.gather(*(self._timed(instance) for instance in component.instances))
             healthy[spec.name].set()
 
+        needed = {name for spec in specs if not spec.background for name in spec.depends_on}
+        later = [spec for spec in specs if spec.background and spec.name not in needed]
         try:
             async with asyncio.TaskGroup() as group:
                 for spec in specs:
-                    if spec.background:
+                    if spec.background and spec.name in needed:
                         self._background.start(run(spec), name=f"start-{spec.name}")
-                    else:
+                    elif not spec.background:
                         group.create_task(run(spec), name=f"start-{spec.name}")
         except BaseExceptionGroup as failed:  # the first component that failed says why
             raise _first_cause(failed) from None
+        for spec in later:
+            self._background.start(run(spec), name=f"start-{spec.name}")
 
     async def _timed(self, instance: Supervised) -> None:
         seconds = await instance.start()

@@ -114,7 +114,8 @@ def start_consul(workdir: Path, security: EdgeSecurity) -> ConsulAgent:
     """Consul with ACLs on (default deny): the agent's token and the control plane's, as the local mesh makes them."""
     consul = ConsulAgent(workdir / "logs", security=AgentSecurity(master_token=security.tokens.master))
     consul.start()
-    acl.apply(consul.address, security.tokens, {acl.AGENT: acl.AGENT_RULES, acl.CONTROLPLANE: acl.controlplane_rules()})
+    acl.apply_when_ready(consul.address, security.tokens,
+                         {acl.AGENT: acl.AGENT_RULES, acl.CONTROLPLANE: acl.controlplane_rules()})
     return consul
 
 

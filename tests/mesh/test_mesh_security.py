@@ -163,7 +163,7 @@ def secured_consul(tmp_path: Path) -> tuple[ConsulAgent, acl.MeshTokens]:
     agent = ConsulAgent(tmp_path / "logs", security=AgentSecurity(tokens.master))
     agent.start()
     try:
-        acl.apply(agent.address, tokens, acl.grants(["users", "orders"]))
+        acl.apply_when_ready(agent.address, tokens, acl.grants(["users", "orders"]))
         yield agent, tokens
     finally:
         agent.stop()
@@ -209,7 +209,7 @@ def test_tokens_survive_a_dev_agent_restart_by_being_applied_again(
     agent, tokens = secured_consul
     agent.restart()
     assert _register(agent, "users", tokens.secret("users")) == 403  # the new agent does not know the token
-    acl.apply(agent.address, tokens, acl.grants(["users"]))
+    acl.apply_when_ready(agent.address, tokens, acl.grants(["users"]))
     assert _register(agent, "users", tokens.secret("users")) == 200
 
 
