@@ -63,17 +63,22 @@ class Answer:
 @contextlib.contextmanager
 def grpc_gateway(log_dir: Path, backend_port: int) -> Iterator[Peer]:
     """grpc-gateway's proxy in front of the backend on `backend_port`, pinned to the load core, REST answering."""
-    binary = find_tool(BINARY)
-    if binary is None:
-        raise NotRun(f"{BINARY} is not built: run `scripts/bootstrap.sh grpcgateway` (make bench and make test do)",
-                     missing=BINARY)
     port = free_port()
-    argv = [binary, "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{backend_port}"]
+    argv = [proxy_binary(), "--listen", f"127.0.0.1:{port}", "--backend", f"127.0.0.1:{backend_port}"]
     with started("grpc-gateway", argv, log_dir=log_dir, cpu=LOAD_CPU, port=port, env=GO_ENV) as process:
         peer = Peer(f"http://127.0.0.1:{port}", process.pid)
         wait_until(lambda: get(peer.url + PROBES[0]).status == 200, timeout=READY_TIMEOUT_S,
                    what="REST via grpc-gateway")
         yield peer
+
+
+def proxy_binary() -> str:
+    """The proxy `scripts/bootstrap.sh grpcgateway` built, or NotRun naming it."""
+    binary = find_tool(BINARY)
+    if binary is None:
+        raise NotRun(f"{BINARY} is not built: run `scripts/bootstrap.sh grpcgateway` (make bench and make test do)",
+                     missing=BINARY)
+    return binary
 
 
 def get(url: str) -> Answer:
@@ -125,6 +130,7 @@ def subjects(stack: Stack, peer: Peer, duration: float) -> dict[str, Callable[[]
 def measure(options: Options) -> tuple[dict[str, list[Sample]], Answer]:
     """Both proxies before the same backend, checked alike, each path warmed once, then paired rounds of all."""
     log_dir = options.work_dir / "p3g"
+    proxy_binary()  # before anything starts
     with gateway_stack(log_dir) as stack, grpc_gateway(log_dir, stack.backend_port) as peer:
         if found := differences(stack.gateway.url, peer.url):
             raise RuntimeError("Envoy and grpc-gateway answer differently: " + "; ".join(found))
