@@ -42,7 +42,7 @@ lint: setup protos ## buf format/lint/breaking, ruff, mypy
 	@for svc in $(SERVICES); do echo "==> mypy services/$$svc"; (cd services/$$svc && ../../$(PY) -m mypy app tests); done
 
 test: setup protos openapi lint clients ## Run every test against real Consul, Envoy and RabbitMQ
-	@scripts/bootstrap.sh bench interop grpcurl chromium browser fuzz
+	@scripts/bootstrap.sh bench grpcgateway interop grpcurl chromium browser fuzz
 	@scripts/test.sh
 
 images: setup ## Build every image docker-compose.yml names with podman (stand-in base images where no registry)
@@ -62,7 +62,7 @@ status: ## Show instances, health and gateway routes of the running mesh
 	@$(VENV)/bin/protomesh status
 
 bench: setup protos ## Measure the benchmark figures: bench/results/latest.json + docs/BENCHMARKS.md (ONLY=p1,p7)
-	@scripts/bootstrap.sh bench
+	@scripts/bootstrap.sh bench grpcgateway
 	@$(PY) -m bench $(if $(ONLY),--only $(ONLY))
 
 chaos: setup protos ## Fault suite under load (~4 min): bench/results/chaos.json, docs/RELIABILITY.md (ARGS="--only kill9")

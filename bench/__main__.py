@@ -26,6 +26,7 @@ from bench import (
     propagation,
     runtime_overhead,
     vs_fastapi,
+    vs_grpc_gateway,
 )
 from bench._core import RESULTS_DIR, ROOT, Figure, NotRun, Options
 from bench._proc import load_average, usable_cpus
@@ -33,6 +34,7 @@ from bench.machine import describe
 from bench.report import merge, write_markdown
 
 FIGURES: tuple[Figure, ...] = (runtime_overhead.FIGURE, vs_fastapi.FIGURE, gateway_latency.FIGURE,
+                               vs_grpc_gateway.FIGURE,
                                gateway_throughput.FIGURE, propagation.FIGURE, controlplane_scale.FIGURE,
                                events.FIGURE, mesh_up.FIGURE)
 DOCS = ROOT / "docs" / "BENCHMARKS.md"

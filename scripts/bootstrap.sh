@@ -5,7 +5,7 @@
 #   scripts/bootstrap.sh venv buf   only the named steps
 #
 # Steps: venv envoy consul rabbitmq compose containers buf googleprotos devca prometheus otelcol zipkin tmux;
-# on request: grpcurl (make up), bench (make bench), goplugins tspackages maven (make clients), openapi swaggerui
+# on request: grpcurl (make up), bench grpcgateway (make bench), goplugins tspackages maven (make clients), openapi swaggerui
 # (make openapi), interop chromium browser fuzz (make test)
 set -euo pipefail
 
@@ -251,6 +251,28 @@ step_bench() {
   else ok "wrk missing and not root (bench uses its Python HTTP load generator)"; fi
 }
 
+# `make bench` / `make test`: bench figure p3g's peer, grpc-gateway's reverse proxy generated from protos/acme
+# (bench/grpc_gateway; its generated code in gen/grpcgateway), built with Go. protoc-gen-grpc-gateway is the release
+# bench/grpc_gateway/go.mod pins for the runtime, so the generated code and the library always match.
+step_grpcgateway() {
+  local dir="$ROOT/bench/grpc_gateway" bin="$TOOLS/bin/bench-grpc-gateway" stamp="$TOOLS/bin/.bench-grpc-gateway-stamp"
+  local version want plugin="$TOOLS/bin/protoc-gen-grpc-gateway"
+  version=$(awk '$1 == "github.com/grpc-ecosystem/grpc-gateway/v2" {print $2}' "$dir/go.mod")
+  step "grpc-gateway $version proxy for bench p3g (protoc-gen-grpc-gateway + go build into .tools/bin/bench-grpc-gateway)"
+  want=$({ cat "$dir/go.mod" "$dir/go.sum" "$dir/main.go" "$dir/build.sh" "$ROOT/scripts/clients.sh"
+    find "$ROOT/protos/acme" "$ROOT/protos/protomesh" -name '*.proto' | sort | xargs cat
+    echo "$PROTOC_GEN_GO_VERSION $PROTOC_GEN_GO_GRPC_VERSION"; declare -f step_grpcgateway; } | sha256sum | cut -d' ' -f1)
+  if [ -x "$bin" ] && fresh "$stamp" "$want"; then ok "up to date"; return; fi
+  need go "the grpc-gateway proxy is built with Go: install Go"
+  step_goplugins >/dev/null
+  if ! [[ "$("$plugin" --version 2>/dev/null)" == *"Version $version,"* ]]; then
+    quietly env GOBIN="$TOOLS/bin" go install "github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-grpc-gateway@$version"
+  fi
+  quietly "$dir/build.sh" "$bin"
+  echo "$want" >"$stamp"
+  ok "built $("$plugin" --version | cut -d, -f1)"
+}
+
 # `make clients`: protoc plugins for Go. protoc itself is grpcio-tools' (in .venv): Debian's is too old.
 step_goplugins() {
   step "protoc-gen-go $PROTOC_GEN_GO_VERSION + protoc-gen-go-grpc $PROTOC_GEN_GO_GRPC_VERSION (go install into .tools/bin)"
@@ -410,10 +432,10 @@ main() {
   for s in "${steps[@]}"; do
     case "$s" in
       venv | envoy | consul | rabbitmq | compose | containers | buf | googleprotos | devca | prometheus | otelcol | \
-        zipkin | tmux | grpcurl | bench | goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | \
+        zipkin | tmux | grpcurl | bench | grpcgateway | goplugins | tspackages | maven | interop | openapi | swaggerui | chromium | \
         browser | fuzz) "step_$s" ;;
       *) die "unknown step '$s' (steps: venv envoy consul rabbitmq compose containers buf googleprotos devca prometheus" \
-           "otelcol zipkin tmux grpcurl bench goplugins tspackages maven interop openapi swaggerui chromium browser" \
+           "otelcol zipkin tmux grpcurl bench grpcgateway goplugins tspackages maven interop openapi swaggerui chromium browser" \
            "fuzz)" ;;
     esac
   done

@@ -114,4 +114,5 @@ main() {
   done
 }
 
-main "$@"
+# Sourced (bench/grpc_gateway/build.sh reuses protoc and go_mappings), it only defines the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,13 +13,15 @@ from typing import Any
 
 import pytest
 
+from bench._proc import find_tool
+from bench.vs_grpc_gateway import BINARY as GRPC_GATEWAY
 from localmesh.process import find_binary
 from localmesh.testing import MissingComponentError, find_rabbitmq_script, project_root
 
 # The cheap figures: gRPC servers (plaintext and mTLS), FastAPI (when the bench venv exists), RabbitMQ, and the
-# gateway in each of its security settings (one short round each, so none of them can rot).
-FIGURES = "p1,p2,p3,p7,p8"
-# p1 + p2 + p3 + p7 + p8 take ~100 s on an idle 2-core machine; a loaded one needs the slack.
+# gateway in each of its security settings and beside grpc-gateway (one short round each, so none of them can rot).
+FIGURES = "p1,p2,p3,p3g,p7,p8"
+# p1 + p2 + p3 + p3g + p7 + p8 take ~115 s on an idle 2-core machine; a loaded one needs the slack.
 TIMEOUT_S = 480
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
 GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "ratelimit", "observed"]
@@ -124,6 +127,26 @@ def test_the_gateway_is_measured_in_every_security_setting_whenever_envoy_and_co
     assert "https://" in commands
     assert "Bearer $TOKEN" in commands
     assert "Bearer ey" not in commands
+
+
+def test_grpc_gateway_is_compared_with_the_gateway_whenever_envoy_and_consul_exist(smoke_run: SmokeRun) -> None:
+    results = smoke_run.results
+    # `make test` builds the Go proxy (bootstrap step grpcgateway): under CI a missing binary fails, never skips.
+    built = find_tool(GRPC_GATEWAY) is not None or os.environ.get("CI") == "true"
+    _measured_or_missing(results, "p3g", ("p3g_rps_envoy_vs_grpc_gateway",), available=_gateway_installed() and built)
+    detail = results["details"]["p3g"]
+    if detail["status"] != "measured":
+        return
+    for key in ("p3g_envoy_added_p50_ms", "p3g_grpc_gateway_added_p50_ms"):  # differences: either sign in a smoke run
+        assert isinstance(results[key], float), (key, results[key])
+        assert math.isfinite(results[key]), (key, results[key])
+    assert isinstance(results["p3g_added_p50_envoy_vs_grpc_gateway"], float)
+    # Both proxies answered the timed GET with the same JSON, a real user's.
+    assert detail["subject"]["answer"] == detail["baseline"]["answer"]
+    assert detail["subject"]["answer"]["user"]["userId"]
+    assert [row[0] for row in detail["table"]["rows"]] == ["envoy_rest", "direct_grpc", "grpc_gateway_rest",
+                                                           "envoy_rest_loaded", "grpc_gateway_rest_loaded"]
+    assert sum(" -c32 " in command for command in detail["commands"]) == 2
 
 
 def test_fastapi_is_compared_whenever_the_bench_venv_exists(smoke_run: SmokeRun) -> None:
