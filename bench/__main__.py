@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -29,9 +32,10 @@ from bench import (
     vs_grpc_gateway,
 )
 from bench._core import RESULTS_DIR, ROOT, Figure, NotRun, Options
-from bench._proc import load_average, usable_cpus
+from bench._proc import BENCH_VENV, load_average, usable_cpus
 from bench.machine import describe
 from bench.report import merge, write_markdown
+from bench.scores import HISTORY, append_history, commit, goal_scores, peer_scores
 
 FIGURES: tuple[Figure, ...] = (runtime_overhead.FIGURE, vs_fastapi.FIGURE, gateway_latency.FIGURE,
                                vs_grpc_gateway.FIGURE,
@@ -118,10 +122,43 @@ def main(argv: Sequence[str] | None = None) -> int:
            "smoke": args.smoke, "machine": describe()}
     results = merge(args.out, FIGURES, entries, top)
     sys.stdout.write(f"==> results in {args.out}\n")
+    failed = any(entry["status"] == "error" for entry in entries.values())
     if args.docs is not None:
-        write_markdown(args.docs, FIGURES, results)
+        full = not args.smoke and len(args.figures) == len(FIGURES)
+        if full:  # the trend is of whole runs only: a partial run would mix figures of different days
+            append_history(HISTORY, FIGURES, results)
+            sys.stdout.write(f"==> history line in {HISTORY}\n")
+        chart = draw_chart(results, args.docs.with_name(CHART_NAME), history=HISTORY if not args.smoke else None)
+        write_markdown(args.docs, FIGURES, results, chart=chart)
         sys.stdout.write(f"==> page in {args.docs}\n")
-    return 1 if any(entry["status"] == "error" for entry in entries.values()) else 0
+        failed = failed or (chart is None and os.environ.get("CI") == "true")
+    return 1 if failed else 0
+
+
+CHART_NAME = "benchmarks.png"
+
+
+def draw_chart(results: dict[str, Any], out: Path, *, history: Path | None) -> Path | None:
+    """The PNG of every figure against its goal and peer (and the trend), drawn by bench/chart.py in the bench
+    venv; None, said on stdout, when that venv is missing."""
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        sys.stdout.write(f"==> no chart: the bench venv ({python}) is missing; run `scripts/bootstrap.sh bench`\n")
+        return None
+    scores = {"goals": goal_scores(FIGURES, results), "peers": peer_scores(results), "commit": commit()}
+    scores_file = out.with_suffix(".scores.json.tmp")
+    scores_file.write_text(json.dumps(scores))
+    argv = [str(python), str(ROOT / "bench" / "chart.py"), "--scores", str(scores_file), "--out", str(out),
+            *(["--history", str(history)] if history is not None else [])]
+    try:
+        drawn = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        scores_file.unlink(missing_ok=True)
+    if drawn.returncode != 0:
+        sys.stdout.write(f"==> no chart: bench/chart.py failed:\n{drawn.stderr[-2000:]}\n")
+        return None
+    sys.stdout.write(f"==> chart in {out}\n")
+    return out
 
 
 if __name__ == "__main__":

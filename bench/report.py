@@ -121,10 +121,13 @@ def _figure_section(figure: Figure, detail: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def render(figures: Sequence[Figure], results: Mapping[str, Any]) -> str:
-    """The page: results table, machine, each figure's raw numbers and commands, then the analysis."""
+def render(figures: Sequence[Figure], results: Mapping[str, Any], chart: Path | None = None) -> str:
+    """The page: results table (and the chart), machine, each figure's raw numbers and commands, the analysis."""
     machine = results.get("machine", {})
-    lines = [HEADER, "## Results", "", *_table(figures, results), "", "## Machine", "",
+    drawn = ["Each figure against its goal and the peer a user would pick instead, and the trend over full runs "
+             "(`bench/results/history.jsonl`); 1.0 is the goal (or even with the peer), more is better:", "",
+             f"![every figure against its goal and peer]({chart.name})", ""] if chart is not None else []
+    lines = [HEADER, "## Results", "", *_table(figures, results), "", *drawn, "## Machine", "",
              *_bullets(machine), "", "## How each figure was measured", ""]
     for figure in figures:
         lines += _figure_section(figure, results["details"].get(figure.id, {"status": "not run yet"}))
@@ -133,6 +136,7 @@ def render(figures: Sequence[Figure], results: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_markdown(path: Path, figures: Sequence[Figure], results: Mapping[str, Any]) -> None:
+def write_markdown(path: Path, figures: Sequence[Figure], results: Mapping[str, Any],
+                   chart: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(figures, results))
+    path.write_text(render(figures, results, chart))

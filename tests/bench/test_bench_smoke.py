@@ -53,6 +53,7 @@ class SmokeRun:
     results: dict[str, Any]
     page: str
     process: subprocess.CompletedProcess[str]
+    results_path: Path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
             "--out", str(json_path), "--docs", str(page_path)]
     done = subprocess.run(argv, cwd=project_root(), capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
-    return SmokeRun(results, page_path.read_text() if page_path.exists() else "", done)
+    return SmokeRun(results, page_path.read_text() if page_path.exists() else "", done, json_path)
 
 
 def _measured_or_missing(results: dict[str, Any], figure: str, keys: tuple[str, ...], available: bool) -> None:
@@ -159,6 +160,16 @@ def test_fastapi_is_compared_whenever_the_bench_venv_exists(smoke_run: SmokeRun)
 def test_events_are_measured_whenever_rabbitmq_is_installed(smoke_run: SmokeRun) -> None:
     results = smoke_run.results
     _measured_or_missing(results, "p7", ("p7_events_per_s", "p7_event_p50_ms"), available=_rabbitmq_installed())
+
+
+def test_the_chart_is_drawn_next_to_the_page_and_shown_on_it_whenever_the_bench_venv_exists(
+        smoke_run: SmokeRun) -> None:
+    if not _bench_venv_exists(project_root()):
+        assert "no chart: the bench venv" in smoke_run.process.stdout
+        return
+    chart = Path(smoke_run.results_path).with_name("benchmarks.png")
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](benchmarks.png)" in smoke_run.page
 
 
 def test_the_page_lists_each_figure_with_its_machine_and_commands(smoke_run: SmokeRun) -> None:
