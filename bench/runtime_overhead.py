@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.runtime_overhead --duration 2 --rounds 10  # printed only
     .venv/bin/python -m bench.runtime_overhead --variant bare="--mode bare" \\
         --variant uvloop="--mode bare --loop uvloop" --workload list50   # A/B of any bench.grpc_server flags
+    .venv/bin/python -m bench.runtime_overhead --variant default="--mode protomesh" \
+        --variant poll="GRPC_POLL_STRATEGY=poll --mode protomesh"         # leading NAME=VALUE: the server's env
 
 All servers run side by side pinned to the server core; the load generator (ghz, else bench/_pyload.py)
 runs on the other core and keeps each server saturated in turn. Two numbers per server: req/s (the
@@ -58,15 +60,27 @@ def measure_variants(log_dir: Path, variants: Mapping[str, Sequence[str]], *, du
     call, data = CALLS[workload]
     with contextlib.ExitStack() as stack:
         subjects: dict[str, Callable[[], Sample]] = {}
-        for name, flags in variants.items():
+        for name, words in variants.items():
             port = free_port()
+            env, flags = split_env(words)
             argv = python_argv("bench.grpc_server", "--port", str(port), *flags)
-            server = stack.enter_context(started(f"grpc-{name}", argv, log_dir=log_dir, cpu=SERVER_CPU, port=port))
+            server = stack.enter_context(started(f"grpc-{name}", argv, log_dir=log_dir, cpu=SERVER_CPU, port=port,
+                                                 env=env or None))
             client = (clients or {}).get(name, {})
             subjects[name] = _subject(server.pid, f"127.0.0.1:{port}", call, data, duration, client)
             if warmup:
                 grpc_load(f"127.0.0.1:{port}", call, data, duration=warmup, concurrency=CONCURRENCY, **client)
         return paired_rounds(subjects, rounds)
+
+
+def split_env(words: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """A variant's leading NAME=VALUE words (the server's environment: grpc's knobs) and its flags."""
+    env: dict[str, str] = {}
+    rest = list(words)
+    while rest and "=" in rest[0] and not rest[0].startswith("-"):
+        key, _, value = rest.pop(0).partition("=")
+        env[key] = value
+    return env, rest
 
 
 def _subject(pid: int, target: str, call: str, data: Mapping[str, object], duration: float,
@@ -190,8 +204,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per server first")
     parser.add_argument("--workload", choices=tuple(CALLS), default="tiny")
     parser.add_argument("--variant", type=_variant, action="append",
-                        help="NAME=FLAGS for bench.grpc_server (repeat; the first is the baseline; "
-                             "default: bare and protomesh)")
+                        help="NAME=FLAGS for bench.grpc_server, FLAGS may start with ENV=VALUE words for "
+                             "the server's environment (repeat; the first is the baseline; default: bare and "
+                             "protomesh)")
     args = parser.parse_args()
     variants = dict(args.variant) if args.variant else DEFAULT_VARIANTS
     samples = measure_variants(Options().work_dir / "runtime_overhead", variants, duration=args.duration,
