@@ -182,6 +182,15 @@ def _slow_service(consul_address: str, tmp_path: Path, **extra: str) -> ManagedP
                           env=env, cwd=project_root())
 
 
+@asynccontextmanager
+async def _stub_of_passing(consul_agent: ConsulAgent) -> AsyncIterator[tuple[dict[str, Any], Any]]:
+    """The slow service's instance once Consul reports it passing, and a UserService stub to it."""
+    await poll_until(lambda: _passing(consul_agent, SLOW_SERVICE), what="slow service passing")
+    [instance] = await _passing(consul_agent, SLOW_SERVICE)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{instance['Port']}") as channel:
+        yield instance, users_service_pb2_grpc.UserServiceStub(channel)
+
+
 async def _in_flight(stub: Any) -> int:
     reply = await stub.GetUser(users_service_pb2.GetUserRequest(user_id="in-flight"), timeout=5)
     return int(reply.user.display_name)
@@ -193,10 +202,7 @@ async def test_sigterm_lets_in_flight_calls_finish_and_leaves_consul(consul_agen
     service = _slow_service(consul_agent.address, tmp_path, SLOWSVC_SERVER__GRACE_S="10")
     service.start()
     try:
-        await poll_until(lambda: _passing(consul_agent, SLOW_SERVICE), what="slow service passing")
-        [instance] = await _passing(consul_agent, SLOW_SERVICE)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance['Port']}") as channel:
-            stub = users_service_pb2_grpc.UserServiceStub(channel)
+        async with _stub_of_passing(consul_agent) as (instance, stub):
             calls = [asyncio.ensure_future(stub.GetUser(users_service_pb2.GetUserRequest(user_id=f"u-{n}"), timeout=30))
                      for n in range(20)]
             await poll_until(lambda: _counted(stub, 20), what="all 20 calls in flight")
@@ -230,10 +236,7 @@ async def test_run_serves_on_uvloop_with_start_up_frozen_unless_the_settings_say
     service = _slow_service(consul_agent.address, tmp_path, **settings)
     service.start()
     try:
-        await poll_until(lambda: _passing(consul_agent, SLOW_SERVICE), what="slow service passing")
-        [instance] = await _passing(consul_agent, SLOW_SERVICE)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{instance['Port']}") as channel:
-            stub = users_service_pb2_grpc.UserServiceStub(channel)
+        async with _stub_of_passing(consul_agent) as (_, stub):
 
             async def answers_as_expected() -> bool:  # run() freezes right after serve() returned
                 reply = await stub.GetUser(users_service_pb2.GetUserRequest(user_id="process"), timeout=5)
