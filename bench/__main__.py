@@ -32,7 +32,7 @@ from bench import (
     vs_grpc_gateway,
 )
 from bench._core import RESULTS_DIR, ROOT, Figure, NotRun, Options
-from bench._proc import BENCH_VENV, load_average, usable_cpus
+from bench._proc import BENCH_VENV, busy_share, load_average
 from bench.machine import describe
 from bench.report import merge, write_markdown
 from bench.scores import HISTORY, append_history, commit, goal_scores, peer_scores
@@ -67,13 +67,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The CPU share other work may take, sampled for BUSY_SAMPLE_S before a figure, before it counts as busy: a
+# quarter of the machine is half of one of the two cores.
+BUSY_SHARE = 0.25
+BUSY_SAMPLE_S = 2.0
+
+
 def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
     """One figure's entry: its values and detail, or why it did not run; a crash is an "error" entry."""
     command = f".venv/bin/python -m bench --only {figure.id}{' --smoke' if options.smoke else ''}"
     targets = {key: str(target) for key, target in figure.targets.items() if target is not None}
     entry: dict[str, Any] = {"title": figure.title, "targets": targets, "smoke": options.smoke,
                              "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                             "load_average": {"before": load_average()}}
+                             "load_average": {"before": load_average()},
+                             "cpu_busy_before": busy_share(options.pick(BUSY_SAMPLE_S, 0.2))}
     began = time.monotonic()
     shutil.rmtree(options.work_dir / figure.id, ignore_errors=True)  # logs of this run only
     try:
@@ -91,8 +98,9 @@ def run_figure(figure: Figure, options: Options) -> dict[str, Any]:
                      commands=[command, *outcome.commands], **({"table": outcome.table} if outcome.table else {}))
     entry["seconds"] = round(time.monotonic() - began, 1)
     entry["load_average"]["after"] = load_average()
-    # Busy: more runnable work than usable cores at either end (other engineers' tests share the machine).
-    entry["busy_machine"] = max(entry["load_average"]["before"][0], entry["load_average"]["after"][0]) >= usable_cpus()
+    # Busy: other work took a share of the CPU in the moment before the figure started, with none of it running
+    # (the load average is no measure of that: the previous figure's own load stays in it for minutes).
+    entry["busy_machine"] = entry["cpu_busy_before"] >= BUSY_SHARE
     return relative(entry)
 
 

@@ -76,6 +76,23 @@ def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def _cpu_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot, from /proc/stat."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(seconds: float) -> float:
+    """The share of the machine's CPU (0..1) that was busy over the next `seconds`, with nothing of the bench
+    running: what other work takes from a figure that starts now (the 1-minute load average also counts the
+    previous figure's own load, which is no one else's)."""
+    busy, total = _cpu_jiffies()
+    time.sleep(seconds)
+    busy_after, total_after = _cpu_jiffies()
+    return round((busy_after - busy) / max(total_after - total, 1), 3)
+
+
 @contextlib.contextmanager
 def started(name: str, argv: Sequence[str], *, log_dir: Path, cpu: int | None = None, port: int | None = None,
             env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Iterator[ManagedProcess]:

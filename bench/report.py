@@ -60,17 +60,23 @@ def _load(detail: Mapping[str, Any], when: str) -> str:
     return " / ".join(str(x) for x in detail.get("load_average", {}).get(when, [])) or "—"
 
 
+def _share(detail: Mapping[str, Any]) -> str:
+    share = detail.get("cpu_busy_before")
+    return f"{share:.0%}" if isinstance(share, int | float) else "—"
+
+
 def _busy(detail: Mapping[str, Any]) -> str:
     return " (busy machine)" if detail.get("busy_machine") else ""
 
 
 def _table(figures: Sequence[Figure], results: Mapping[str, Any]) -> list[str]:
-    rows = ["| # | figure | key | value | target | met | load avg at start |", "|---|---|---|---|---|---|---|"]
+    rows = ["| # | figure | key | value | target | met | CPU busy before (load avg) |", "|---|---|---|---|---|---|---|"]
     for figure in figures:
         detail = results["details"].get(figure.id, {})
         for key, target in figure.targets.items():
             rows.append(f"| {figure.id} | {figure.title} | `{key}` | {_value(results.get(key, 'not run yet'))} | "
-                        f"{target or '—'} | {_met(detail, key)} | {_load(detail, 'before')}{_busy(detail)} |")
+                        f"{target or '—'} | {_met(detail, key)} | {_share(detail)} ({_load(detail, 'before')})"
+                        f"{_busy(detail)} |")
     return rows
 
 
@@ -105,11 +111,11 @@ def _figure_section(figure: Figure, detail: Mapping[str, Any]) -> list[str]:
              f"Targets: {targets}.{f' Reported without a target: {reported}.' if reported else ''}", "",
              f"Measured {detail.get('measured_at', '?')}{' (smoke run)' if detail.get('smoke') else ''} in "
              f"{detail.get('seconds', '?')} s; load average (1/5/15 min) {_load(detail, 'before')} before, "
-             f"{_load(detail, 'after')} after.", ""]
+             f"{_load(detail, 'after')} after; CPU busy just before it: {_share(detail)}.", ""]
     if detail.get("busy_machine"):
-        lines += ["**Taken on a busy machine**: the load average exceeded the usable cores (other work shared "
-                  "them), so absolute numbers are inflated and noisy; the side-by-side ratios and paired "
-                  "differences of the same rounds are the figures to read.", ""]
+        lines += [f"**Taken on a busy machine**: other work kept {detail.get('cpu_busy_before', 0):.0%} of the CPU "
+                  "busy just before the figure started, so absolute numbers are inflated and noisy; the "
+                  "side-by-side ratios and paired differences of the same rounds are the figures to read.", ""]
     if detail.get("status") != "measured":
         return [*lines, f"Status: {detail.get('status')}: {detail.get('why', '')}", ""]
     lines += _own_table(detail.get("table") or {})

@@ -88,6 +88,8 @@ def test_the_smoke_run_exits_cleanly_and_records_every_requested_figure(smoke_ru
         assert detail["status"] in ("measured", "not run"), detail
         assert detail["load_average"]["before"]
         assert detail["load_average"]["after"]
+        assert 0 <= detail["cpu_busy_before"] <= 1
+        assert detail["busy_machine"] == (detail["cpu_busy_before"] >= 0.25)
 
 
 def test_the_runtime_figure_always_measures_because_it_needs_no_external_tool(smoke_run: SmokeRun) -> None:
