@@ -32,6 +32,10 @@ class ServerSettings:
     # The instance's Consul service id; empty: "<service>-<host>-<port>". A supervisor that restarts
     # an instance sets it, so the restarted process takes over its registration instead of adding another.
     instance_id: str = ""
+    # Unary calls one instance runs at once; one more is shed with UNAVAILABLE (retryable) instead of queueing.
+    # 0 = no bound. 256 is ~100 ms of queue for a small CPU-bound Python call; behind the gateway (whose own bound,
+    # 256 per service, sheds first) it guards against direct callers. Raise it for handlers that wait on slow I/O.
+    max_concurrent_rpcs: int = 256
 
 
 @dataclass(frozen=True)
