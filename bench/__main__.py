@@ -23,6 +23,7 @@ from bench import (
     gateway_latency,
     gateway_throughput,
     mesh_up,
+    overload,
     propagation,
     runtime_overhead,
     vs_fastapi,
@@ -34,7 +35,7 @@ from bench.report import merge, write_markdown
 
 FIGURES: tuple[Figure, ...] = (runtime_overhead.FIGURE, vs_fastapi.FIGURE, gateway_latency.FIGURE,
                                gateway_throughput.FIGURE, propagation.FIGURE, controlplane_scale.FIGURE,
-                               events.FIGURE, mesh_up.FIGURE)
+                               events.FIGURE, mesh_up.FIGURE, overload.FIGURE)
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 
 

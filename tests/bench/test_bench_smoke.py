@@ -17,7 +17,7 @@ from localmesh.testing import MissingComponentError, find_rabbitmq_script, proje
 
 # The cheap figures: gRPC servers (plaintext and mTLS), FastAPI (when the bench venv exists), RabbitMQ, and the
 # gateway in each of its security settings (one short round each, so none of them can rot).
-FIGURES = "p1,p2,p3,p7,p8"
+FIGURES = "p1,p2,p3,p7,p8,p10"
 # p1 + p2 + p3 + p7 + p8 take ~100 s on an idle 2-core machine; a loaded one needs the slack.
 TIMEOUT_S = 480
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
@@ -119,6 +119,17 @@ def test_the_gateway_is_measured_in_every_security_setting_whenever_envoy_and_co
     assert "https://" in commands
     assert "Bearer $TOKEN" in commands
     assert "Bearer ey" not in commands
+
+
+def test_overload_runs_every_connection_count_with_shedding_on_and_off_whenever_the_gateway_exists(
+        smoke_run: SmokeRun) -> None:
+    results = smoke_run.results
+    _measured_or_missing(results, "p10", (), available=_gateway_installed())
+    if results["details"]["p10"]["status"] == "measured":
+        rows = results["details"]["p10"]["table"]["rows"]
+        assert [(row[0], row[1]) for row in rows] == [(setting, n) for setting in ("shedding", "off")
+                                                      for n in (10, 100, 400)]
+        assert isinstance(results["p10_cancelled_4000"], int)
 
 
 def test_fastapi_is_compared_whenever_the_bench_venv_exists(smoke_run: SmokeRun) -> None:
