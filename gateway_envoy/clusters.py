@@ -75,8 +75,7 @@ def circuit_breakers(options: GatewayOptions) -> circuit_breaker_pb2.CircuitBrea
 
 def build_cluster(service: ConsulService, options: GatewayOptions) -> cluster_pb2.Cluster:
     """EDS cluster named after the Consul service ("users"), HTTP/2, with load shedding, retry budget and outlier
-    detection;
-    with the mesh identity, mTLS that accepts only an instance holding that service's certificate."""
+    detection; with the mesh identity, mTLS that accepts only an instance holding that service's certificate."""
     cluster = cluster_pb2.Cluster(
         name=service.name,
         type=cluster_pb2.Cluster.EDS,
