@@ -127,7 +127,7 @@ def test_overload_runs_every_connection_count_with_shedding_on_and_off_whenever_
     _measured_or_missing(results, "p10", (), available=_gateway_installed())
     if results["details"]["p10"]["status"] == "measured":
         rows = results["details"]["p10"]["table"]["rows"]
-        assert [(row[0], row[1]) for row in rows] == [(setting, n) for setting in ("shedding", "off")
+        assert [(row[0], row[1]) for row in rows] == [(setting, n) for setting in ("shedding", "tight", "off")
                                                       for n in (10, 100, 400)]
         assert isinstance(results["p10_cancelled_4000"], int)
 
