@@ -26,6 +26,7 @@ from bench import (
     gateway_latency,
     gateway_throughput,
     mesh_up,
+    overload,
     propagation,
     runtime_overhead,
     vs_fastapi,
@@ -40,7 +41,7 @@ from bench.scores import HISTORY, append_history, commit, goal_scores, peer_scor
 FIGURES: tuple[Figure, ...] = (runtime_overhead.FIGURE, vs_fastapi.FIGURE, gateway_latency.FIGURE,
                                vs_grpc_gateway.FIGURE,
                                gateway_throughput.FIGURE, propagation.FIGURE, controlplane_scale.FIGURE,
-                               events.FIGURE, mesh_up.FIGURE)
+                               events.FIGURE, mesh_up.FIGURE, overload.FIGURE)
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 
 

@@ -101,15 +101,17 @@ def consul_agent(log_dir: Path) -> Iterator[Any]:
 
 def envoy_gateway(log_dir: Path, consul_address: str, *, otlp: str | None = None,
                   security_args: Sequence[str] = ("--plaintext",), env: Mapping[str, str] | None = None,
-                  tls: bool = False) -> Any:
+                  tls: bool = False, control_args: Sequence[str] = (), max_connections: int | None = None) -> Any:
     """The mesh's own Gateway launcher (not started), with Envoy pinned to the load core and one worker; with
-    `otlp`, Envoy traces every request to that collector; `security_args` are the control plane's security flags."""
+    `otlp`, Envoy traces every request to that collector; `security_args` are the control plane's security flags,
+    `control_args` any other of its flags, `max_connections` Envoy's connection limit (None: the default)."""
     need_binary("envoy")
     from localmesh.gateway import Gateway
 
     gateway = Gateway(log_dir, consul_address=consul_address, descriptor=DESCRIPTOR, route_timeout_s=ROUTE_TIMEOUT_S,
                       envoy_args=["--concurrency", str(ENVOY_WORKERS)], env=env, tls=tls,
-                      extra_args=[*security_args, *(["--otlp-endpoint", otlp] if otlp else [])])
+                      max_connections=max_connections,
+                      extra_args=[*security_args, *(["--otlp-endpoint", otlp] if otlp else []), *control_args])
     gateway.envoy.argv = pinned(gateway.envoy.argv, LOAD_CPU)
     return gateway
 

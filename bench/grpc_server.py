@@ -99,7 +99,7 @@ async def _security(stack: contextlib.AsyncExitStack, identity_dir: Path, bindin
 
 async def _start(mode: str, port: int, echo: str, servicer: Users, otlp: str | None = None,
                  observe: str = "all", sampling: float | None = None, *, binding: Any = None,
-                 security: tuple[Any, Any] | None = None) -> tuple[int, Any]:
+                 security: tuple[Any, Any] | None = None, max_concurrent_rpcs: int | None = None) -> tuple[int, Any]:
     from protomesh import ProtomeshInterceptor, Server, ServerSettings
     from protomesh._observability import Observability
     from protomesh._server import SERVER_OPTIONS
@@ -123,8 +123,9 @@ async def _start(mode: str, port: int, echo: str, servicer: Users, otlp: str | N
             **({"sampling_ratio": sampling} if sampling is not None else {})))
         observability.start_metrics("127.0.0.1")
         interceptors = observability.server_interceptors(guard=guard)
-    protomesh_server = Server(ServerSettings(port=port), [binding], interceptors=interceptors, identity=identity,
-                              guard=guard if interceptors is None else None)
+    bound = {} if max_concurrent_rpcs is None else {"max_concurrent_rpcs": max_concurrent_rpcs}
+    protomesh_server = Server(ServerSettings(port=port, **bound), [binding], interceptors=interceptors,
+                              identity=identity, guard=guard if interceptors is None else None)
     return await protomesh_server.start(), protomesh_server
 
 
@@ -143,7 +144,8 @@ async def serve(args: argparse.Namespace) -> None:
         if args.identity_dir is not None:
             security = await _security(stack, args.identity_dir, binding, consul, args.allow)
         port, server = await _start(args.mode, args.port, args.echo, servicer, args.otlp, args.observe, args.sampling,
-                                    binding=binding, security=security)
+                                    binding=binding, security=security,
+                                    max_concurrent_rpcs=args.max_concurrent_rpcs)
         stack.push_async_callback(server.stop, 0)
         if consul is not None:
             registration = Registration(consul, service=SERVICE, address="127.0.0.1", port=port,
@@ -160,12 +162,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def argv(mode: str, port: int, *, consul: str = "", otlp: str | None = None,
-         identity_dir: Path | None = None) -> list[str]:
+         identity_dir: Path | None = None, max_concurrent_rpcs: int | None = None) -> list[str]:
     """The command line that serves `mode` on `port` (registered in `consul` when given; observed, exporting spans
     to `otlp`, when given; mTLS with the identity in `identity_dir`, when given)."""
     return python_argv("bench.grpc_server", "--mode", mode, "--port", str(port),
                        *(["--consul", consul] if consul else []), *(["--otlp", otlp] if otlp is not None else []),
-                       *(["--identity-dir", str(identity_dir)] if identity_dir is not None else []))
+                       *(["--identity-dir", str(identity_dir)] if identity_dir is not None else []),
+                       *([] if max_concurrent_rpcs is None else ["--max-concurrent-rpcs", str(max_concurrent_rpcs)]))
 
 
 def main() -> None:
@@ -186,6 +189,8 @@ def main() -> None:
                              "security.mode mtls serves (intentions from --consul, else --allow)")
     parser.add_argument("--allow", action="append", default=[], metavar="SERVICE",
                         help="with --identity-dir and no --consul: a service an intention lets call (repeat)")
+    parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N",
+                        help="protomesh mode: server.max_concurrent_rpcs (default: the runtime's; 0: unbounded)")
     parser.add_argument("--access-log", action="store_true", help="log every call at INFO (to /dev/null)")
     parser.add_argument("--datetime-timestamps", action="store_true",
                         help="datetimes converted by protobuf (the users service before protomesh.convert)")

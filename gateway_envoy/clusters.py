@@ -20,10 +20,12 @@ HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 # Envoy allows only 3 concurrent retries per cluster by default; when an instance dies at ~1k req/s many
 # requests retry at once and the overflow fails. Retries are cheap here (connect failures on loopback/LAN).
 MAX_RETRIES = 256
-# Upper bounds per cluster, well above one instance's capacity; they stop a runaway client, not normal load.
+# Upstream connections per cluster: HTTP/2 needs one per instance and worker, so this only stops a runaway.
 MAX_CONNECTIONS = 4096
-MAX_PENDING_REQUESTS = 4096
-MAX_REQUESTS = 8192
+# The bounds before load shedding (GatewayOptions.cluster_max_requests = 0): far above any instance's capacity,
+# so an overloaded service queued every request and p99 grew with the queue (bench p10 keeps them as its baseline).
+LEGACY_MAX_PENDING_REQUESTS = 4096
+LEGACY_MAX_REQUESTS = 8192
 # Outlier detection ejects an instance that keeps failing at the connection level (crashed, frozen,
 # or kept as last-known-good after it left Consul) well before the next Consul update would.
 CONSECUTIVE_GATEWAY_FAILURES = 3
@@ -60,22 +62,27 @@ def http2_protocol_options() -> dict[str, AnyProto]:
     return {HTTP_PROTOCOL_OPTIONS: packed}
 
 
+def circuit_breakers(options: GatewayOptions) -> circuit_breaker_pb2.CircuitBreakers:
+    """Over max_requests in flight (or as many waiting for a connection) Envoy answers 503 at once: the overflow is
+    shed at the edge, where it costs the instances nothing, instead of queueing in front of them."""
+    limit = options.cluster_max_requests
+    return circuit_breaker_pb2.CircuitBreakers(thresholds=[circuit_breaker_pb2.CircuitBreakers.Thresholds(
+        max_connections=UInt32Value(value=MAX_CONNECTIONS),
+        max_pending_requests=UInt32Value(value=limit or LEGACY_MAX_PENDING_REQUESTS),
+        max_requests=UInt32Value(value=limit or LEGACY_MAX_REQUESTS),
+        max_retries=UInt32Value(value=MAX_RETRIES))])
+
+
 def build_cluster(service: ConsulService, options: GatewayOptions) -> cluster_pb2.Cluster:
-    """EDS cluster named after the Consul service ("users"), HTTP/2, with retry budget and outlier detection;
-    with the mesh identity, mTLS that accepts only an instance holding that service's certificate."""
+    """EDS cluster named after the Consul service ("users"), HTTP/2, with load shedding, retry budget and outlier
+    detection; with the mesh identity, mTLS that accepts only an instance holding that service's certificate."""
     cluster = cluster_pb2.Cluster(
         name=service.name,
         type=cluster_pb2.Cluster.EDS,
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads_source()),
         connect_timeout=_seconds(options.connect_timeout_s),
         lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
-        circuit_breakers=circuit_breaker_pb2.CircuitBreakers(thresholds=[
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                max_connections=UInt32Value(value=MAX_CONNECTIONS),
-                max_pending_requests=UInt32Value(value=MAX_PENDING_REQUESTS),
-                max_requests=UInt32Value(value=MAX_REQUESTS),
-                max_retries=UInt32Value(value=MAX_RETRIES)),
-        ]),
+        circuit_breakers=circuit_breakers(options),
         outlier_detection=outlier_detection_pb2.OutlierDetection(
             consecutive_gateway_failure=UInt32Value(value=CONSECUTIVE_GATEWAY_FAILURES),
             enforcing_consecutive_gateway_failure=UInt32Value(value=100),

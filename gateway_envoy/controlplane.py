@@ -72,6 +72,9 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.en
                         help="largest REST request body; larger ones get 413")
     parser.add_argument("--request-headers-timeout", type=float, default=GatewayOptions.request_headers_timeout_s,
                         help="seconds a client may take to send its request headers; slower ones get 408")
+    parser.add_argument("--cluster-max-requests", type=int, default=GatewayOptions.cluster_max_requests,
+                        metavar="N", help="requests in flight to one service, all its instances together; past it "
+                        "callers get 503 / UNAVAILABLE with Retry-After (0: the old bounds, no shedding)")
     parser.add_argument("--expect", default=env.get("PROTOMESH_EXPECTED_SERVICES", ""), metavar="NAMES",
                         help="Consul services the mesh declares, comma-separated: while none of their instances "
                              "passes, their API answers UNAVAILABLE instead of UNIMPLEMENTED "
@@ -165,6 +168,7 @@ def options_from(args: argparse.Namespace) -> GatewayOptions:
     return GatewayOptions(listen_host=host, listen_port=port, route_timeout_s=args.route_timeout,
                           max_request_bytes=args.max_request_bytes, expected_services=expected,
                           request_headers_timeout_s=args.request_headers_timeout,
+                          cluster_max_requests=args.cluster_max_requests,
                           docs_address=docs_address(args), tracing_endpoint=args.otlp_endpoint,
                           tracing_sampling_percent=args.tracing_sampling, edge_tls=not args.plaintext,
                           mesh_tls=args.identity_dir is not None, trust_domain=args.trust_domain,

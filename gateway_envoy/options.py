@@ -31,6 +31,11 @@ DEFAULT_MAX_TOKEN_BYTES = 8192
 # How long Envoy keeps a remote JWKS before fetching it again: an issuer publishes a new key well before it
 # signs with it, and a compromised key must not stay trusted for long.
 DEFAULT_JWKS_CACHE_S = 300.0
+# Load shedding (README "Overload"): the most requests in flight to one service's instances, all together. Past it
+# the gateway answers 503 UNAVAILABLE with Retry-After at once instead of queueing: two instances of a small Python
+# service on one core finish ~2,500 calls/s, so 256 in flight is ~100 ms of queue (bench p10 picked it); a service
+# whose handlers wait on slow I/O needs more in flight for the same rate (in flight = calls/s x latency).
+DEFAULT_CLUSTER_MAX_REQUESTS = 256
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class GatewayOptions:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     request_headers_timeout_s: float = DEFAULT_REQUEST_HEADERS_TIMEOUT_S
+    # Requests in flight to one service (circuit breaker max_requests, also its pending queue); 0 = the old
+    # high bounds that stop only a runaway client (clusters.LEGACY_*).
+    cluster_max_requests: int = DEFAULT_CLUSTER_MAX_REQUESTS
     # Consul services the mesh declares (the local runner passes its topology's): while none of their
     # instances passes, their API answers UNAVAILABLE (coming back) rather than UNIMPLEMENTED (not here).
     expected_services: tuple[str, ...] = ()

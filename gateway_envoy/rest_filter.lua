@@ -49,8 +49,14 @@ function envoy_on_request(request_handle)
   end
 end
 
+-- A shed call (503: over a service's circuit breaker, or its instance's concurrency bound) comes back after this.
+local SHED_RETRY_AFTER_S = "1"
+
 -- A limited call learns when to come back: the seconds until its bucket refills, at least one.
 local function retry_after(headers)
+  if headers:get(":status") == "503" and headers:get("retry-after") == nil then
+    headers:add("retry-after", SHED_RETRY_AFTER_S)
+  end
   if headers:get(RATE_LIMITED) ~= nil then
     local reset = tonumber(headers:get("x-ratelimit-reset") or "1") or 1
     headers:replace("retry-after", tostring(math.max(1, math.ceil(reset))))

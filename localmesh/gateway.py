@@ -37,8 +37,10 @@ class Gateway:
     def __init__(self, log_dir: Path, *, consul_address: str, descriptor: Path, ports: GatewayPorts | None = None,
                  route_timeout_s: float | None = None, extra_args: Sequence[str] = (),
                  envoy_args: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 project: Path | None = None, tls: bool = False) -> None:
+                 project: Path | None = None, tls: bool = False, max_connections: int | None = None) -> None:
         self.log_dir = log_dir
+        # Envoy's downstream connection limit (None: the bootstrap's default, 0: none, as before load shedding).
+        self.max_connections = max_connections
         self.tls = tls  # the listener serves TLS (extra_args give the control plane its certificate)
         self.ports = ports or GatewayPorts()
         self.descriptor = descriptor
@@ -71,7 +73,8 @@ class Gateway:
         from gateway_envoy.bootstrap import render_bootstrap  # the gateway is a separate package above the runtime
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(render_bootstrap(admin_port=self.ports.admin, xds_port=self.ports.xds))
+        limit = {} if self.max_connections is None else {"max_connections": self.max_connections}
+        self.bootstrap_path.write_text(render_bootstrap(admin_port=self.ports.admin, xds_port=self.ports.xds, **limit))
 
     def start(self) -> None:
         self.start_control_plane()

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protomesh._authz import CallGuard
 from protomesh._interceptors import default_interceptors
+from protomesh._overload import ConcurrencyLimit
 from protomesh._settings import ServerSettings
 from protomesh.auth import Rule, service_rules
 from protomesh.identity import IdentityFolder
@@ -91,6 +92,7 @@ class Server:
     With `identity` the port speaks TLS only and requires a client certificate that chains to the identity's
     trust bundle (a rotated certificate is served from the next handshake on); `guard` authorizes every call
     (serve() passes both for security.mode mtls). Without them the port is plaintext and nobody is checked.
+    `settings.max_concurrent_rpcs` bounds the unary calls in flight (ConcurrencyLimit, ahead of `interceptors`).
     """
 
     def __init__(self, settings: ServerSettings, bindings: Sequence[Binding], *,
@@ -101,7 +103,9 @@ class Server:
         self.settings = settings
         self.bindings = tuple(bindings)
         self.identity = identity
-        self._interceptors = list(default_interceptors(guard=guard) if interceptors is None else interceptors)
+        self.limit = ConcurrencyLimit(settings.max_concurrent_rpcs) if settings.max_concurrent_rpcs > 0 else None
+        self._interceptors = [*([self.limit] if self.limit is not None else []),
+                              *(default_interceptors(guard=guard) if interceptors is None else interceptors)]
         self._server: grpc.aio.Server | None = None
         self._health: health_aio.HealthServicer | None = None
         self._health_down = False

@@ -36,6 +36,10 @@ class ServerSettings:
     # run() does, see protomesh/_process.py. serve() (tests, embedding) runs in the caller's loop either way.
     event_loop: str = "uvloop"
     gc_freeze: bool = True
+    # Unary calls one instance runs at once; one more is shed with UNAVAILABLE (retryable) instead of queueing.
+    # 0 = no bound. 256 is ~100 ms of queue for a small CPU-bound Python call; behind the gateway (whose own bound,
+    # 256 per service, sheds first) it guards against direct callers. Raise it for handlers that wait on slow I/O.
+    max_concurrent_rpcs: int = 256
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from localmesh.process import find_binary
 from localmesh.testing import MissingComponentError, find_rabbitmq_script, project_root
 
 # The cheap figures: gRPC servers (plaintext and mTLS), FastAPI (when the bench venv exists), RabbitMQ, and the
-# gateway in each of its security settings and beside grpc-gateway (one short round each, so none of them can rot).
-FIGURES = "p1,p2,p3,p3g,p7,p8"
-# p1 + p2 + p3 + p3g + p7 + p8 take ~115 s on an idle 2-core machine; a loaded one needs the slack.
-TIMEOUT_S = 480
+# gateway in each of its security settings, beside grpc-gateway and under overload (one short round each, so none
+# of them can rot).
+FIGURES = "p1,p2,p3,p3g,p7,p8,p10"
+# p1 + p2 + p3 + p3g + p7 + p8 + p10 take ~150 s on an idle 2-core machine; a loaded one needs the slack.
+TIMEOUT_S = 720
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
 GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "ratelimit", "observed"]
 
@@ -150,6 +151,17 @@ def test_grpc_gateway_is_compared_with_the_gateway_whenever_envoy_and_consul_exi
     assert [row[0] for row in detail["table"]["rows"]] == ["envoy_rest", "direct_grpc", "grpc_gateway_rest",
                                                            "envoy_rest_loaded", "grpc_gateway_rest_loaded"]
     assert sum(" -c32 " in command for command in detail["commands"]) == 2
+
+
+def test_overload_runs_every_connection_count_with_shedding_on_and_off_whenever_the_gateway_exists(
+        smoke_run: SmokeRun) -> None:
+    results = smoke_run.results
+    _measured_or_missing(results, "p10", (), available=_gateway_installed())
+    if results["details"]["p10"]["status"] == "measured":
+        rows = results["details"]["p10"]["table"]["rows"]
+        assert [(row[0], row[1]) for row in rows] == [(setting, n) for setting in ("shedding", "tight", "off")
+                                                      for n in (10, 100, 400)]
+        assert isinstance(results["p10_cancelled_4000"], int)
 
 
 def test_fastapi_is_compared_whenever_the_bench_venv_exists(smoke_run: SmokeRun) -> None:

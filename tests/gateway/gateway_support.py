@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,9 @@ class Stack:
         self.consul.stop()
 
 
-def start_stack(workdir: Path, descriptor: Path) -> Stack:
-    """Everything on free ports; the control plane watches a private copy of the descriptor set."""
+def start_stack(workdir: Path, descriptor: Path, *, extra_args: Sequence[str] = ()) -> Stack:
+    """Everything on free ports; the control plane watches a private copy of the descriptor set (and gets
+    `extra_args` too)."""
     consul = ConsulAgent(workdir / "logs")
     consul.start()
     watched = workdir / "protomesh.binpb"
@@ -123,7 +125,7 @@ def start_stack(workdir: Path, descriptor: Path) -> Stack:
     gateway = Gateway(workdir / "logs", consul_address=consul.address, descriptor=watched,
                       route_timeout_s=TEST_ROUTE_TIMEOUT_S,
                       extra_args=["--plaintext", "--expect", DECLARED,
-                                  "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S)])
+                                  "--request-headers-timeout", str(REQUEST_HEADERS_TIMEOUT_S), *extra_args])
     users = UsersInstances(consul, workdir)
     stack = Stack(consul, gateway, users, watched, workdir)
     try:

@@ -12,11 +12,19 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
-from gateway_envoy.bootstrap import COMPOSE_ADMIN_HOST, COMPOSE_XDS_HOST, XDS_CLUSTER, render_bootstrap
+from gateway_envoy.bootstrap import (
+    COMPOSE_ADMIN_HOST,
+    COMPOSE_XDS_HOST,
+    CONNECTION_MONITOR,
+    DEFAULT_MAX_DOWNSTREAM_CONNECTIONS,
+    XDS_CLUSTER,
+    build_bootstrap,
+    render_bootstrap,
+)
 from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, package_owner, service_from_health
-from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, build_cluster, build_load_assignment
+from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, LEGACY_MAX_REQUESTS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
-from gateway_envoy.options import GatewayOptions
+from gateway_envoy.options import DEFAULT_CLUSTER_MAX_REQUESTS, GatewayOptions
 from gateway_envoy.routes import RETRY_ON, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER, MethodKinds, build_route_config
 from gateway_envoy.snapshot import LISTENER_TYPE, ROUTE_TYPE, build_snapshot, transcoded_services
 from localmesh.testing import find_binary, project_root
@@ -69,6 +77,20 @@ def test_a_cluster_is_named_after_its_consul_service_and_speaks_http2_with_a_rai
     assert cluster.circuit_breakers.thresholds[0].max_retries.value > 3
     assert cluster.outlier_detection.consecutive_gateway_failure.value > 0
     assert cluster.connect_timeout.ToMilliseconds() == OPTIONS.connect_timeout_s * 1000
+
+
+def test_a_cluster_sheds_past_its_request_limit_and_zero_keeps_the_old_bounds() -> None:
+    limits = build_cluster(users(1), OPTIONS).circuit_breakers.thresholds[0]
+    assert limits.max_requests.value == limits.max_pending_requests.value == DEFAULT_CLUSTER_MAX_REQUESTS
+    legacy = build_cluster(users(1), GatewayOptions(cluster_max_requests=0)).circuit_breakers.thresholds[0]
+    assert legacy.max_requests.value == LEGACY_MAX_REQUESTS
+
+
+def test_the_bootstrap_limits_downstream_connections_unless_told_not_to() -> None:
+    monitors = build_bootstrap()["overload_manager"]["resource_monitors"]
+    assert [m["name"] for m in monitors] == [CONNECTION_MONITOR]
+    assert monitors[0]["typed_config"]["max_active_downstream_connections"] == DEFAULT_MAX_DOWNSTREAM_CONNECTIONS
+    assert "overload_manager" not in build_bootstrap(max_connections=0)
 
 
 def test_the_load_assignment_lists_the_passing_endpoints() -> None:
