@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import aio_pika
 import aiormq
@@ -101,7 +101,7 @@ class Publisher:
                 # concurrent publishes go one per event-loop round trip; wait=False releases it once the frame
                 # is queued (the connection's bounded write queue still pushes back), so publishes pipeline and
                 # their confirms arrive together. Each caller still waits for its own confirm.
-                underlay = await channel.get_underlay_channel()
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())  # wait= is not on its ABC
                 confirm = await underlay.basic_publish(message.body, exchange=self.exchange_name, routing_key=name,
                                                        properties=message.properties, mandatory=True, wait=False)
         except TimeoutError as error:
