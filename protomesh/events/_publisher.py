@@ -7,7 +7,6 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING, cast
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
@@ -15,7 +14,7 @@ from google.protobuf.message import Message
 
 from protomesh.errors import Unavailable
 from protomesh.events._connect import connect, safe_url
-from protomesh.events._envelope import DEFAULT_EXCHANGE, event_type, to_amqp_message
+from protomesh.events._envelope import DEFAULT_EXCHANGE, AmqpEvent, event_type, to_amqp
 from protomesh.events._telemetry import EventTelemetry
 from protomesh.events._topology import declare_exchange
 
@@ -79,20 +78,20 @@ class Publisher:
         current span.
         """
         name = event_type(event)
-        message = to_amqp_message(event, app_id=self.app_id)
-        with self.telemetry.publishing(self.exchange_name, name, message, trace_parent) as outcome:
+        message = to_amqp(event, app_id=self.app_id)
+        with self.telemetry.publishing(self.exchange_name, name, message.properties, trace_parent) as outcome:
             confirm = await self._publish(message, name)
             if isinstance(confirm, aiormq.abc.DeliveredMessage):
                 # Returned as unroutable: no queue is bound to this type (no consumer group has declared one).
                 outcome.dropped = True
                 if require_route:
                     raise Unroutable(f"{name}: no queue is bound to it on {self.exchange_name} yet")
-                logger.warning("event %s (%s) dropped: no queue is bound to it on %s", name, message.message_id,
-                               self.exchange_name)
+                logger.warning("event %s (%s) dropped: no queue is bound to it on %s", name,
+                               message.properties.message_id, self.exchange_name)
             else:
                 outcome.confirmed = True
 
-    async def _publish(self, message: aio_pika.Message, name: str) -> object:
+    async def _publish(self, message: AmqpEvent, name: str) -> object:
         try:
             # Connecting has its own timeout: cancelling aio-pika's connect midway would leave its retry task.
             channel = self._channel if self._channel is not None else await self._ready_channel()
