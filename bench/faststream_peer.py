@@ -1,7 +1,7 @@
 """p7's peer: the same OrderCreated events through FastStream (confirms, persistent, durable quorum queue).
 
     PYTHONPATH=gen/python .tools/bench-venv/bin/python -m bench.faststream_peer --url amqp://... \
-        --latency 1000 --throughput 20000 --prefetch 16 --broker-pid PID
+        --latency 1000 --throughput 20000 --prefetch 64 --broker-pid PID
 
 Runs from the bench venv (.tools/bench-venv, requirements-bench.txt), never from the project venv, against
 the broker node p7 started. What a Python team would write with FastStream: one RabbitBroker (its default
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url", required=True, help="the broker's AMQP URL")
     parser.add_argument("--latency", type=int, default=1000, help="events of the one-at-a-time phase")
     parser.add_argument("--throughput", type=int, default=20_000, help="events of the IN_FLIGHT phase")
-    parser.add_argument("--prefetch", type=int, default=16, help="the subscriber channel's prefetch count")
+    parser.add_argument("--prefetch", type=int, default=64,
+                        help="the subscriber channel's prefetch count (p7 passes protomesh's DEFAULT_PREFETCH)")
     parser.add_argument("--broker-pid", type=int, default=0, help="the broker's OS pid, for its CPU per event")
     args = parser.parse_args(argv)
     result = asyncio.run(exchange(args.url, args.latency, args.throughput, args.prefetch, args.broker_pid))
