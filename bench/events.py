@@ -1,114 +1,77 @@
-"""p7: OrderCreated events published with confirms to a durable quorum queue and consumed, via protomesh.events.
+"""p7: OrderCreated events published with confirms to a durable quorum queue and consumed, protomesh vs FastStream.
 
-A RabbitMQ node of its own (fresh data dir, free ports). Two phases on one Publisher and one Subscriber
-(the runtime's defaults: confirms, persistent messages, prefetch 16): latency, one event at a time from
-publish() called to the handler running; then throughput, `IN_FLIGHT` concurrent publishers until every
-event was consumed (msg/s = events ÷ seconds from the first publish to the last handler call).
+A RabbitMQ node of its own (fresh data dir, free ports), used by both sides in turn. Two phases each
+(bench._event_phases): latency, one event at a time from publish called to the handler running; then
+throughput, `IN_FLIGHT` concurrent publishers until every event was consumed (msg/s = events ÷ seconds
+from the first publish to the last handler call). protomesh's side is one Publisher and one Subscriber in
+this process (the runtime's defaults: confirms, persistent messages); FastStream's is bench.faststream_peer,
+a process of the bench venv, with the same payloads, confirms, persistence, queue type and prefetch.
+Rounds alternate the two sides; the ratio is the median of each round's protomesh ÷ FastStream msg/s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
+import os
 import statistics
-import time
-from collections.abc import Callable
+import subprocess
 from typing import Any
 
-from acme.orders.v1 import events_pb2, orders_pb2
+from acme.orders.v1 import events_pb2
 
-from bench._core import Figure, NotRun, Options, Outcome, Target
+from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
+from bench._event_phases import IN_FLIGHT, Arrivals, both_phases
 from bench._gateway import summary_ms
-from bench._proc import cpu_seconds
+from bench._proc import BENCH_VENV
 
-TARGETS = {"p7_events_per_s": Target(">=", 5000, " msg/s"), "p7_event_p50_ms": Target("<=", 5, " ms")}
-# Concurrent publish() calls in the throughput phase (each waits for its own confirm).
-IN_FLIGHT = 64
-PHASE_TIMEOUT_S = 180.0
+TARGETS = {"p7_events_per_s": Target(">=", 5000, " msg/s"), "p7_event_p50_ms": Target("<=", 5, " ms"),
+           "p7_events_vs_faststream": Target(">=", 1.0, " (protomesh ÷ FastStream msg/s)"),
+           "p7_faststream_events_per_s": None, "p7_faststream_p50_ms": None}
 GROUP = "bench-p7"
-
-
-def _event() -> events_pb2.OrderCreated:
-    from protomesh.events import stamp_event
-
-    items = [orders_pb2.LineItem(sku=f"sku-{n}", quantity=n, unit_price_cents=1250) for n in range(1, 3)]
-    order = orders_pb2.Order(order_id="o-1", user_id="u-1", line_items=items, total_cents=3750,
-                             state=orders_pb2.ORDER_STATE_CREATED)
-    return stamp_event(events_pb2.OrderCreated(order=order))
-
-
-class _Arrivals:
-    """When each event id reached the handler; wakes whoever waits for an id or for a count."""
-
-    def __init__(self) -> None:
-        self.at: dict[str, float] = {}
-        self.changed = asyncio.Event()
-
-    async def handle(self, event: events_pb2.OrderCreated) -> None:
-        self.at.setdefault(event.event_id, time.perf_counter())
-        self.changed.set()
-
-    async def seen(self, event_id: str) -> float:
-        """When the handler got `event_id` (waits for it)."""
-        await self.until(lambda: event_id in self.at)
-        return self.at[event_id]
-
-    async def until(self, check: Callable[[], bool]) -> None:
-        while not check():
-            self.changed.clear()
-            await self.changed.wait()
-
-
-async def _latency(publisher: Any, arrivals: _Arrivals, count: int) -> list[float]:
-    took = []
-    for _ in range(count):
-        event = _event()
-        began = time.perf_counter()
-        await publisher.publish(event)
-        took.append((await arrivals.seen(event.event_id) - began) * 1e3)
-    return took
-
-
-async def _throughput(publisher: Any, arrivals: _Arrivals, count: int) -> tuple[float, list[float]]:
-    events = [_event() for _ in range(count)]
-    sent: dict[str, float] = {}
-    queue: asyncio.Queue[events_pb2.OrderCreated] = asyncio.Queue()
-    for event in events:
-        queue.put_nowait(event)
-
-    async def worker() -> None:
-        while not queue.empty():
-            event = queue.get_nowait()
-            sent[event.event_id] = time.perf_counter()
-            await publisher.publish(event)
-
-    began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(IN_FLIGHT)))
-    await arrivals.until(lambda: len(arrivals.at) >= count)
-    last = max(arrivals.at[event_id] for event_id in sent)
-    return count / (last - began), [(arrivals.at[i] - t) * 1e3 for i, t in sent.items()]
+# One side's two phases never take this long, even on a loaded machine (the peer is killed past it).
+PEER_TIMEOUT_S = 300.0
 
 
 async def exchange(url: str, latency_count: int, throughput_count: int, broker_pid: int) -> dict[str, Any]:
     from protomesh.events import EventHandlers, Publisher, Subscriber
 
-    arrivals = _Arrivals()
+    arrivals = Arrivals()
     handlers = EventHandlers().add(events_pb2.OrderCreated, arrivals.handle)
     async with Subscriber(url, group=GROUP, handlers=handlers) as subscriber, Publisher(url, app_id="bench") as pub:
         await subscriber.wait_ready()
-        await _latency(pub, arrivals, 10)  # warm-up: connections, channel, first confirms
-        async with asyncio.timeout(PHASE_TIMEOUT_S):
-            latency = await _latency(pub, arrivals, latency_count)
-            arrivals.at.clear()
-            cpu_before = time.process_time(), _cpu(broker_pid)
-            per_s, loaded = await _throughput(pub, arrivals, throughput_count)
-            cpu = [(after - before) / throughput_count * 1e6
-                   for before, after in zip(cpu_before, (time.process_time(), _cpu(broker_pid)), strict=True)]
-    return {"latency_ms": latency, "per_s": per_s, "loaded_latency_ms": loaded,
-            "client_cpu_us_per_event": round(cpu[0], 1), "broker_cpu_us_per_event": round(cpu[1], 1)}
+        return await both_phases(pub.publish, arrivals, latency_count, throughput_count, broker_pid)
 
 
-def _cpu(pid: int) -> float:
-    return cpu_seconds(pid) if pid else 0.0
+@functools.cache
+def faststream_python() -> str:
+    """The bench venv's interpreter, or NotRun when it (or FastStream) is missing."""
+    python = BENCH_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import faststream.rabbit, google.protobuf"]
+    if not python.exists() or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        raise NotRun(f"the bench venv ({BENCH_VENV.relative_to(ROOT)}) with faststream[rabbit] and protobuf is "
+                     "missing: run `scripts/bootstrap.sh bench`", missing="bench-venv")
+    return str(python)
+
+
+def peer_argv(url: str, latency_count: int, throughput_count: int, broker_pid: int) -> list[str]:
+    from protomesh.events import DEFAULT_PREFETCH
+
+    return [faststream_python(), "-m", "bench.faststream_peer", "--url", url, "--latency", str(latency_count),
+            "--throughput", str(throughput_count), "--prefetch", str(DEFAULT_PREFETCH),
+            "--broker-pid", str(broker_pid)]
+
+
+def faststream(argv: list[str]) -> dict[str, Any]:
+    """Run the peer to the end; its JSON result (RuntimeError with its stderr when it fails)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "gen" / "python")}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=PEER_TIMEOUT_S,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.faststream_peer exited {done.returncode}: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _broker_pid(node: Any) -> int:
@@ -119,33 +82,62 @@ def _broker_pid(node: Any) -> int:
         return 0
 
 
+def _side(rounds: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    middle = sorted(rounds, key=lambda result: result["per_s"])[len(rounds) // 2]
+    return {"what": what, "msg_per_s_rounds": [round(result["per_s"], 1) for result in rounds],
+            "one_at_a_time": summary_ms(middle["latency_ms"]),
+            "under_load": {"events": len(middle["loaded_latency_ms"]), "in_flight": IN_FLIGHT,
+                           **summary_ms(middle["loaded_latency_ms"]),
+                           "client_cpu_us_per_event": middle["client_cpu_us_per_event"],
+                           "broker_cpu_us_per_event": middle["broker_cpu_us_per_event"]}}
+
+
+def _p50(rounds: list[dict[str, Any]]) -> float:
+    """The median of each round's one-at-a-time p50 (ms)."""
+    p50s: list[float] = [statistics.median(result["latency_ms"]) for result in rounds]
+    return round(statistics.median(p50s), 2)
+
+
 def run(options: Options) -> Outcome:
     from localmesh.testing import MissingComponentError, RabbitMQNode
 
+    faststream_python()  # NotRun before the broker starts when the bench venv is missing
     try:
         node = RabbitMQNode(options.work_dir / "p7" / "rabbitmq")
     except MissingComponentError as error:
         raise NotRun(str(error), missing="rabbitmq-server") from error
+    latency_count, throughput_count = options.count(1000, 50), options.count(20_000, 500)
     boot_s = node.start()
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
     try:
-        result = asyncio.run(exchange(node.url, options.count(1000, 50), options.count(20_000, 500),
-                                      _broker_pid(node)))
+        argv = peer_argv(node.url, latency_count, throughput_count, _broker_pid(node))
+        for n in range(options.count(3, 1)):  # alternate who goes first: a shared machine drifts
+            first_ours = n % 2 == 0
+            if first_ours:
+                ours.append(asyncio.run(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
+            theirs.append(faststream(argv))
+            if not first_ours:
+                ours.append(asyncio.run(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
     finally:
         node.stop()
-    values = {"p7_events_per_s": round(result["per_s"], 1),
-              "p7_event_p50_ms": round(statistics.median(result["latency_ms"]), 2)}
+    ratio = statistics.median(a["per_s"] / b["per_s"] for a, b in zip(ours, theirs, strict=True))
+    values = {"p7_events_per_s": round(statistics.median(r["per_s"] for r in ours), 1),
+              "p7_event_p50_ms": _p50(ours),
+              "p7_events_vs_faststream": round(ratio, 3),
+              "p7_faststream_events_per_s": round(statistics.median(r["per_s"] for r in theirs), 1),
+              "p7_faststream_p50_ms": _p50(theirs)}
     return Outcome(
         values=values,
-        subject={"what": "protomesh.events Publisher (confirms, persistent) -> quorum queue -> Subscriber (ack)",
-                 "one_at_a_time": summary_ms(result["latency_ms"]),
-                 "under_load": {"events": options.count(20_000, 500), "in_flight": IN_FLIGHT,
-                                **summary_ms(result["loaded_latency_ms"]),
-                                "client_cpu_us_per_event": result["client_cpu_us_per_event"],
-                                "broker_cpu_us_per_event": result["broker_cpu_us_per_event"]},
+        baseline={**_side(theirs, "FastStream 0.7.8 RabbitBroker (confirms, persist=True) -> quorum queue -> "
+                          "subscriber (acks after the handler), no access log"), "command": " ".join(argv)},
+        subject={**_side(ours, "protomesh.events Publisher (confirms, persistent) -> quorum queue -> Subscriber (ack)"),
                  "rabbitmq_boot_s": round(boot_s, 1)},
-        commands=["bench/events.py: RabbitMQNode (localmesh.testing) + Publisher/Subscriber in one process"],
-        notes=["RabbitMQ and the client are not pinned: the Erlang VM schedules on both cores"],
+        commands=[f"PYTHONPATH=gen/python {' '.join(argv)}"],
+        notes=["RabbitMQ and the clients are not pinned: the Erlang VM schedules on both cores",
+               "both sides on asyncio's default event loop, the same aio-pika/aiormq/pamqp, the same prefetch"],
     )
 
 
-FIGURE = Figure("p7", "events publish -> consume (confirms, durable quorum queue)", TARGETS, run)
+FIGURE = Figure("p7", "events publish -> consume, protomesh vs FastStream (confirms, durable quorum queue)",
+                TARGETS, run)

@@ -229,8 +229,8 @@ step_interop() {
   ok "installed"
 }
 
-# Only for `make bench` (and the p2 smoke check): FastAPI's side and py-spy in their own venv, so they never
-# enter the project's dependencies; ghz and wrk as load generators (bench falls back to Python ones).
+# Only for `make bench` (and the p2, p7 smoke checks): FastAPI's and FastStream's sides and py-spy in their own
+# venv, so they never enter the project's dependencies; ghz and wrk as load generators (bench falls back to Python ones).
 step_bench() {
   step "bench tools (.tools/bench-venv: requirements-bench.txt; ghz $GHZ_VERSION; wrk)"
   local venv="$TOOLS/bench-venv" want stamp="$TOOLS/bench-venv/.protomesh-stamp"

@@ -6,9 +6,10 @@ import contextvars
 import datetime
 import uuid
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import aio_pika
+from aiormq import spec
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -68,23 +69,31 @@ def _event_time(event: Message) -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def to_amqp_message(event: Message, *, app_id: str | None = None) -> aio_pika.Message:
+class AmqpEvent(NamedTuple):
+    """An event as it goes on the wire: the serialized protobuf and the AMQP properties of its message."""
+
+    body: bytes
+    properties: spec.Basic.Properties
+
+
+def to_amqp(event: Message, *, app_id: str | None = None) -> AmqpEvent:
     """A persistent AMQP message for the event; stamps it first so every message has an id.
 
     message_id = event_id (an event type without that field gets a fresh uuid4 per message), type = full
-    proto name, timestamp = event_time, correlation_id = the id of the call being served, if any.
+    proto name, timestamp = event_time, correlation_id = the id of the call being served, if any. Built as
+    the properties frame directly (aio_pika.Message costs ~3x as much per event on the publish path).
     """
     stamp_event(event)
-    return aio_pika.Message(
-        event.SerializeToString(),
+    properties = spec.Basic.Properties(
         content_type=CONTENT_TYPE,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
         message_id=event_id_of(event) or str(uuid.uuid4()),
-        type=event_type(event),
+        message_type=event_type(event),
         timestamp=_event_time(event),
         correlation_id=correlation_id(),
         app_id=app_id,
     )
+    return AmqpEvent(event.SerializeToString(), properties)
 
 
 @dataclass(frozen=True, slots=True)

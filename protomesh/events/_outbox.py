@@ -56,7 +56,7 @@ class CountingOutboxStorage(OutboxStorage, Protocol):
 
 
 class OutboxRelay:
-    """Publishes the outbox in order, with confirms; while the broker is down it retries with backoff.
+    """Publishes the outbox in order, with confirms awaited per batch; while the broker is down it retries.
 
         relay = await ctx.enter(OutboxRelay(repo, publisher))
         async with repo.transaction() as tx:                     # the order and its event, atomically
@@ -103,34 +103,61 @@ class OutboxRelay:
         await self._relay.stop()
 
     async def publish_pending(self) -> int:
-        """Publish everything unpublished now, oldest first; returns how many. Raises on the first failure."""
+        """Publish everything unpublished now, oldest first; returns how many. Raises the batch's first failure.
+
+        A batch's events are published together on the publisher's channel (in order on the wire) and their
+        confirms awaited together: a batch costs about one broker round trip, not one per event. Only the
+        confirmed events are marked published; after a failure, events behind it in its batch may already
+        have gone out (it follows them when retried).
+        """
         total = 0
         while True:
             records = [OutboxRecord(*row) for row in await self._storage.fetch_unpublished(self.batch_size)]
-            confirmed: list[int] = []
-            try:
-                for record in records:
-                    event = decode_event(record.event_type, record.payload)
-                    await self._report_backlog(records, len(confirmed), event)
-                    await self._publisher.publish(event, require_route=self.require_route,
-                                                  trace_parent=record.trace_parent)
-                    confirmed.append(record.id)
-            finally:
-                if confirmed:
-                    await self._storage.mark_published(confirmed)
-            total += len(confirmed)
+            total += await self._publish_batch(records)
             if len(records) < self.batch_size:
                 self._publisher.telemetry.outbox(0, 0.0)
                 return total
 
-    async def _report_backlog(self, records: Sequence[OutboxRecord], done: int, oldest: Message) -> None:
+    async def _publish_batch(self, records: Sequence[OutboxRecord]) -> int:
+        events: list[Message] = []
+        undecodable: ValueError | None = None
+        for record in records:  # those before an undecodable row still go out
+            try:
+                events.append(decode_event(record.event_type, record.payload))
+            except ValueError as error:
+                undecodable = error
+                break
+        records = records[:len(events)]
+        if events:
+            await self._report_backlog(records, events[0])
+        publishing = [asyncio.ensure_future(self._publisher.publish(event, require_route=self.require_route,
+                                                                    trace_parent=record.trace_parent))
+                      for record, event in zip(records, events, strict=True)]
+        try:
+            if publishing:
+                await asyncio.wait(publishing)  # each publish has its own confirm timeout
+        finally:
+            for task in publishing:
+                task.cancel()  # no-op for finished ones; the rest (relay closed) stay unmarked
+            confirmed = [record.id for record, task in zip(records, publishing, strict=True)
+                         if task.done() and not task.cancelled() and task.exception() is None]
+            if confirmed:
+                await self._storage.mark_published(confirmed)
+        failures = [failure for task in publishing if (failure := task.exception()) is not None]
+        if failures:
+            raise failures[0]
+        if undecodable is not None:
+            raise undecodable
+        return len(confirmed)
+
+    async def _report_backlog(self, records: Sequence[OutboxRecord], oldest: Message) -> None:
         """Backlog and age of the oldest unpublished event (the one about to be published)."""
         if self._publisher.telemetry.metrics is None:
             return
         if isinstance(self._storage, CountingOutboxStorage):
-            backlog = await self._storage.count_unpublished() - done
-        else:  # at least what this batch still holds
-            backlog = len(records) - done
+            backlog = await self._storage.count_unpublished()
+        else:  # at least what this batch holds
+            backlog = len(records)
         self._publisher.telemetry.outbox(backlog, max(time.time() - _event_time_s(oldest), 0.0))
 
     async def _run(self) -> None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import aio_pika
+from aiormq import spec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -57,7 +57,7 @@ class EventTelemetry:
         return cls(observability.tracer, observability.event_metrics, observability.sampling)
 
     @contextmanager
-    def publishing(self, exchange: str, event_type: str, message: aio_pika.Message,
+    def publishing(self, exchange: str, event_type: str, properties: spec.Basic.Properties,
                    trace_parent: str = "") -> Iterator[PublishOutcome]:
         """A PRODUCER span around one publish whose context travels in the message's headers.
 
@@ -72,10 +72,10 @@ class EventTelemetry:
             span = self.tracer.start_span(f"publish {exchange}", parent, kind=SpanKind.PRODUCER, attributes={
                 "messaging.system": MESSAGING_SYSTEM, "messaging.destination.name": exchange,
                 "messaging.operation": "publish", "messaging.rabbitmq.destination.routing_key": event_type,
-                "messaging.message.id": message.message_id or ""})
+                "messaging.message.id": properties.message_id or ""})
             headers: dict[str, str] = {}
             inject(headers, trace.set_span_in_context(span))
-            message.headers = {**(message.headers or {}), **headers}
+            properties.headers = {**(properties.headers or {}), **headers}
         try:
             yield outcome
         except BaseException as error:

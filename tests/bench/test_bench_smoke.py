@@ -171,9 +171,11 @@ def test_fastapi_is_compared_whenever_the_bench_venv_exists(smoke_run: SmokeRun)
         assert set(results["p2_runtime_vs_fastapi"]) == {"tiny", "list50"}
 
 
-def test_events_are_measured_whenever_rabbitmq_is_installed(smoke_run: SmokeRun) -> None:
+def test_events_are_measured_against_faststream_whenever_rabbitmq_and_the_bench_venv_exist(smoke_run: SmokeRun) -> None:
     results = smoke_run.results
-    _measured_or_missing(results, "p7", ("p7_events_per_s", "p7_event_p50_ms"), available=_rabbitmq_installed())
+    keys = ("p7_events_per_s", "p7_event_p50_ms", "p7_events_vs_faststream", "p7_faststream_events_per_s",
+            "p7_faststream_p50_ms")
+    _measured_or_missing(results, "p7", keys, available=_rabbitmq_installed() and _bench_venv_exists(project_root()))
 
 
 def test_the_chart_is_drawn_next_to_the_page_and_shown_on_it_whenever_the_bench_venv_exists(

@@ -147,6 +147,66 @@ async def test_prefetch_bounds_how_many_handlers_run_at_once(rabbitmq_node: Rabb
     assert peak == 2
 
 
+async def test_concurrent_publishes_on_one_publisher_are_each_confirmed_and_arrive_once_in_the_order_sent(
+    rabbitmq_node: RabbitMQNode, exchange: str
+) -> None:
+    # Publishes share one confirming channel and are pipelined: none waits for another's confirm, each still
+    # waits for its own; the channel keeps their order on the wire.
+    arrived: list[str] = []
+
+    async def on_created(event: events_pb2.OrderCreated) -> None:
+        arrived.append(event.order.order_id)
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, on_created)
+    sent = [f"o-{n}" for n in range(300)]
+    async with Subscriber(rabbitmq_node.url, group="g-pipelined", handlers=handlers, exchange=exchange,
+                          prefetch=1) as subscriber:
+        await subscriber.wait_ready()
+        async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+            results = await asyncio.gather(*(publisher.publish(_created(order_id), require_route=True)
+                                             for order_id in sent))
+        assert results == [None] * len(sent)  # no publish raised: every one was confirmed and routed
+        await poll_until(lambda: len(arrived) >= len(sent), timeout=10, what="300 events handled")
+        await asyncio.sleep(0.2)  # a duplicate would show up here
+    assert arrived == sent
+
+
+async def test_events_handled_after_one_still_running_are_acked_together_but_it_is_not_and_comes_back(
+    rabbitmq_node: RabbitMQNode, exchange: str
+) -> None:
+    # Acks of handlers done in one loop turn leave as one multiple ack; it must never cover a delivery whose
+    # handler is still running: when that consumer goes away, only that delivery is delivered again.
+    release = asyncio.Event()
+    handled: list[tuple[str, bool]] = []
+
+    async def on_created(event: events_pb2.OrderCreated) -> None:
+        delivery = current_delivery()
+        assert delivery is not None
+        if event.order.order_id == "o-slow" and not delivery.redelivered:
+            await release.wait()
+        handled.append((event.order.order_id, delivery.redelivered))
+
+    handlers = EventHandlers().add(events_pb2.OrderCreated, on_created)
+    try:
+        async with Subscriber(rabbitmq_node.url, group="g-acks", handlers=handlers, exchange=exchange,
+                              prefetch=20) as subscriber:
+            await subscriber.wait_ready()
+            async with Publisher(rabbitmq_node.url, exchange=exchange) as publisher:
+                await publisher.publish(_created("o-slow"))
+                await asyncio.gather(*(publisher.publish(_created(f"o-{n}")) for n in range(10)))
+            await poll_until(lambda: len(handled) == 10, timeout=10, what="the 10 quick events handled")
+            await asyncio.sleep(0.3)  # their acks are written
+            await subscriber.close(grace_s=0.2)  # o-slow is still in its handler
+        async with Subscriber(rabbitmq_node.url, group="g-acks", handlers=handlers, exchange=exchange) as again:
+            await again.wait_ready()
+            await poll_until(lambda: len(handled) == 11, timeout=10, what="o-slow delivered again")
+            await asyncio.sleep(0.5)  # anything else delivered again would show up here
+    finally:
+        release.set()
+    assert sorted(handled[:10]) == sorted((f"o-{n}", False) for n in range(10))
+    assert handled[10:] == [("o-slow", True)]
+
+
 async def test_an_event_no_group_subscribes_to_is_confirmed_and_dropped_with_a_warning(
     rabbitmq_node: RabbitMQNode, exchange: str, caplog: pytest.LogCaptureFixture
 ) -> None:

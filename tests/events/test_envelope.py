@@ -19,7 +19,7 @@ from protomesh.events import (
     event_type,
     stamp_event,
 )
-from protomesh.events._envelope import to_amqp_message
+from protomesh.events._envelope import to_amqp
 
 
 def _created() -> events_pb2.OrderCreated:
@@ -54,20 +54,20 @@ def test_stamping_a_message_without_event_fields_changes_nothing() -> None:
 def test_the_amqp_message_carries_id_type_time_and_persistence() -> None:
     event = _created()
     event.event_time.FromSeconds(1_700_000_000)
-    message = to_amqp_message(event, app_id="orders")
-    assert message.message_id == event.event_id != ""
-    assert message.type == event_type(event) == "acme.orders.v1.OrderCreated"
-    assert message.content_type == CONTENT_TYPE
-    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    assert message.timestamp == datetime.datetime.fromtimestamp(1_700_000_000, datetime.UTC)
-    assert message.app_id == "orders"
-    assert events_pb2.OrderCreated.FromString(message.body) == event
+    body, properties = to_amqp(event, app_id="orders")
+    assert properties.message_id == event.event_id != ""
+    assert properties.message_type == event_type(event) == "acme.orders.v1.OrderCreated"
+    assert properties.content_type == CONTENT_TYPE
+    assert properties.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert properties.timestamp == datetime.datetime.fromtimestamp(1_700_000_000, datetime.UTC)
+    assert properties.app_id == "orders"
+    assert events_pb2.OrderCreated.FromString(body) == event
 
 
 def test_the_amqp_message_carries_the_correlation_id_of_the_call_being_served() -> None:
     tokens = _context.bind_call("cid-42", None)
     try:
-        assert to_amqp_message(_created()).correlation_id == "cid-42"
+        assert to_amqp(_created()).properties.correlation_id == "cid-42"
     finally:
         _context.reset_call(tokens)
 
