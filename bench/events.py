@@ -4,8 +4,9 @@ A RabbitMQ node of its own (fresh data dir, free ports), used by both sides in t
 (bench._event_phases): latency, one event at a time from publish called to the handler running; then
 throughput, `IN_FLIGHT` concurrent publishers until every event was consumed (msg/s = events ÷ seconds
 from the first publish to the last handler call). protomesh's side is one Publisher and one Subscriber in
-this process (the runtime's defaults: confirms, persistent messages); FastStream's is bench.faststream_peer,
-a process of the bench venv, with the same payloads, confirms, persistence, queue type and prefetch.
+this process (the runtime's defaults: confirms, persistent messages, uvloop); FastStream's is bench.faststream_peer,
+a process of the bench venv, with the same payloads, confirms, persistence, queue type and prefetch, on uvloop
+as `faststream run` runs an app.
 Rounds alternate the two sides; the ratio is the median of each round's protomesh ÷ FastStream msg/s.
 """
 
@@ -17,7 +18,8 @@ import json
 import os
 import statistics
 import subprocess
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from acme.orders.v1 import events_pb2
 
@@ -30,8 +32,18 @@ TARGETS = {"p7_events_per_s": Target(">=", 5000, " msg/s"), "p7_event_p50_ms": T
            "p7_events_vs_faststream": Target(">=", 1.0, " (protomesh ÷ FastStream msg/s)"),
            "p7_faststream_events_per_s": None, "p7_faststream_p50_ms": None}
 GROUP = "bench-p7"
+T = TypeVar("T")
 # One side's two phases never take this long, even on a loaded machine (the peer is killed past it).
 PEER_TIMEOUT_S = 300.0
+
+
+def on_runtime_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on the loop protomesh.run() gives a service by default (uvloop), as the peer runs on FastStream's."""
+    from protomesh._process import loop_factory
+    from protomesh._settings import ServerSettings
+
+    with asyncio.Runner(loop_factory=loop_factory(ServerSettings().event_loop)) as runner:
+        return runner.run(main)
 
 
 async def exchange(url: str, latency_count: int, throughput_count: int, broker_pid: int) -> dict[str, Any]:
@@ -115,10 +127,10 @@ def run(options: Options) -> Outcome:
         for n in range(options.count(3, 1)):  # alternate who goes first: a shared machine drifts
             first_ours = n % 2 == 0
             if first_ours:
-                ours.append(asyncio.run(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
+                ours.append(on_runtime_loop(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
             theirs.append(faststream(argv))
             if not first_ours:
-                ours.append(asyncio.run(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
+                ours.append(on_runtime_loop(exchange(node.url, latency_count, throughput_count, _broker_pid(node))))
     finally:
         node.stop()
     ratio = statistics.median(a["per_s"] / b["per_s"] for a, b in zip(ours, theirs, strict=True))

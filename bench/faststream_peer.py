@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="the subscriber channel's prefetch count (p7 passes protomesh's DEFAULT_PREFETCH)")
     parser.add_argument("--broker-pid", type=int, default=0, help="the broker's OS pid, for its CPU per event")
     args = parser.parse_args(argv)
-    result = asyncio.run(exchange(args.url, args.latency, args.throughput, args.prefetch, args.broker_pid))
+    # On uvloop, as `faststream run` runs an app whenever uvloop is installed (it is, in the bench venv).
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(exchange(args.url, args.latency, args.throughput, args.prefetch, args.broker_pid))
     json.dump(result, sys.stdout)
 
 
