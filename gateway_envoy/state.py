@@ -19,8 +19,8 @@ from gateway_envoy.snapshot import ROUTE_TYPE, EdgeInputs, Snapshot, build_snaps
 
 log = logging.getLogger("gateway_envoy.state")
 
-# Consul changes arriving within this window go out as one push: a dev-agent restart re-registers every
-# instance in a burst. Short enough that a deregistered instance leaves Envoy well within 100 ms.
+# A change goes out at once; the changes that arrive within this window after a push go out together in the
+# next one: a dev-agent restart re-registers every instance in a burst, and becomes a push per window at most.
 COALESCE_S = 0.02
 # Route table builds remembered to match late ACKs/NACKs to the descriptor they carried.
 MAX_REMEMBERED_BUILDS = 16
@@ -96,14 +96,14 @@ class ControlPlane:
     def set_catalog(self, catalog: Mapping[str, ConsulService], *, caused_at: float | None = None,
                     index: int | None = None) -> None:
         """New raw Consul state (from the answer that arrived at `caused_at`, time.time(), with X-Consul-Index
-        `index`); the rebuild happens after the coalescing window (see run_coalescer)."""
+        `index`); the coalescer pushes it (see run_coalescer)."""
         self.raw_catalog = dict(catalog)
         if caused_at is not None:
             self.pushes.caused(caused_at, index=index)
         self._dirty.set()
 
     def set_edge(self, **changes: Any) -> None:
-        """New edge inputs (certificates, JWKS, policy: EdgeInputs' fields), pushed after the coalescing window."""
+        """New edge inputs (certificates, JWKS, policy: EdgeInputs' fields), pushed by the coalescer."""
         self.edge = dataclasses.replace(self.edge, **changes)
         self._dirty.set()
 
@@ -112,11 +112,12 @@ class ControlPlane:
         self.rebuild()
 
     async def run_coalescer(self) -> None:
+        """Push each change at once, then gather what arrives during COALESCE_S into the next push."""
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(COALESCE_S)
             self._dirty.clear()
             self.rebuild()
+            await asyncio.sleep(COALESCE_S)
 
     def on_ack(self, type_url: str, version: str) -> None:
         self.pushes.acked(type_url, version)
