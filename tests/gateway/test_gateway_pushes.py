@@ -1,4 +1,4 @@
-"""The control plane pushes a change at once, gathers bursts, and records when each push's cause arrived and was ACKed."""
+"""The control plane pushes a change at once, gathers bursts, and records when each push was caused and ACKed."""
 
 from __future__ import annotations
 
@@ -62,11 +62,13 @@ def test_a_push_is_acked_once_every_changed_type_is_and_an_older_one_left_waitin
     log.published(b, c)
     first, second, third = log.recent()
     assert (first["caused_at"], first["consul_index"], second["caused_at"]) == (100.0, 7, None)
-    assert second["changed"] == ["svc1"] and third["changed"] == ["svc1", "svc2"]
+    assert second["changed"] == ["svc1"]
+    assert third["changed"] == ["svc1", "svc2"]
     log.acked(ENDPOINT_TYPE, c.versions[ENDPOINT_TYPE])
     first, second, third = log.recent()
     assert third["acked_at"] is not None
-    assert second["superseded"] and second["acked_at"] is None
+    assert second["superseded"]
+    assert second["acked_at"] is None
     assert first["superseded"]  # its other types were never ACKed before the newer push was
     log.acked(ENDPOINT_TYPE, b.versions[ENDPOINT_TYPE])  # a late ACK of a replaced version changes nothing
     assert log.recent()[1]["acked_at"] is None
@@ -116,7 +118,9 @@ async def test_the_status_endpoint_records_a_registration_from_consul_answer_to_
     record = await carried()
     assert record is not None
     caused, published, acked = record["caused_at"], record["published_at"], record["acked_at"]
-    assert isinstance(caused, float) and isinstance(published, float) and isinstance(acked, float)
+    assert isinstance(caused, float)
+    assert isinstance(published, float)
+    assert isinstance(acked, float)
     step("Consul answered %.1f ms after the request, pushed %.1f ms later, Envoy ACKed %.1f ms after that",
          (caused - sent) * 1e3, (published - caused) * 1e3, (acked - published) * 1e3)
     assert sent <= caused <= published <= acked
