@@ -46,15 +46,17 @@ def carrying(records: Sequence[Mapping[str, Any]], cluster: str, before: float) 
 
 
 def acked_change(gateway: Any, cluster: str, before: float, after: float, *, timeout: float) -> dict[str, float]:
-    """Milliseconds from `after` (the Consul request returned) to Envoy's ACK, and the parts: Consul's answer
-    arriving, the control plane publishing, Envoy ACKing. `before` is when the request was sent."""
+    """Milliseconds from `before` (the Consul request was sent) to Envoy's ACK, and the parts: the request itself
+    (it returns once the agent wrote the catalog, so the watch may be answered first), Consul's answer arriving,
+    the control plane publishing, Envoy ACKing. `after` is when the request returned."""
     deadline = time.perf_counter() + timeout
     while (found := carrying(pushes(gateway), cluster, before)) is None:
         if time.perf_counter() > deadline:
             raise TimeoutError(f"no ACKed push changing {cluster} within {timeout:g}s")
         time.sleep(POLL_S)
     caused = found["caused_at"] if found["caused_at"] is not None else found["published_at"]
-    return {"acked_ms": (found["acked_at"] - before) * 1e3, "consul_ms": (caused - before) * 1e3,
+    return {"acked_ms": (found["acked_at"] - before) * 1e3, "request_ms": (after - before) * 1e3,
+            "consul_ms": (caused - before) * 1e3,
             "control_plane_ms": (found["published_at"] - caused) * 1e3,
             "envoy_ms": (found["acked_at"] - found["published_at"]) * 1e3}
 

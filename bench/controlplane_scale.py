@@ -5,8 +5,8 @@ starts once it is ready, and the full push is timed from Envoy's ADS connection 
 control_plane.connected_state) until Envoy has every cluster active, none warming and the listener up.
 A change adds or removes one instance of one service. Two measurements on separate changes of one run: polled,
 timed until Envoy's membership gauge of that cluster moves (admin /stats?filter=, which at 1,000 clusters costs
-~50 ms of Envoy's main thread per call, the thread that applies xDS); acked, from the Consul request's return to
-Envoy's ACK of the push carrying it, as the control plane records both (bench/_pushes.py), Envoy not polled.
+~50 ms of Envoy's main thread per call, the thread that applies xDS); acked, from the Consul request being sent to
+Envoy's ACK of the push carrying it, which the control plane records (bench/_pushes.py), Envoy not polled.
 RSS is the control plane's resident memory after all of it.
 """
 
@@ -97,7 +97,7 @@ def _snapshot_ready(gateway: Any) -> bool:
 
 def one_changes(consul: Any, gateway: Any, services: int, count: int) -> tuple[list[float], list[dict[str, float]]]:
     """One-instance changes (add a 4th instance, remove it again), alternately polled (milliseconds until Envoy's
-    gauge shows it) and acked (the control plane's record: request returned -> Envoy ACKed, with its parts)."""
+    gauge shows it) and acked (the control plane's record: request sent -> Envoy ACKed, with its parts)."""
     name = _name(services // 2)
     gauge = f"cluster.{name}.membership_total"
     polled: list[float] = []
@@ -157,8 +157,10 @@ def run(options: Options, services: int | None = None) -> Outcome:
         notes=["full push = Envoy's ADS connection -> all clusters active, none warming, listener active",
                "one change = Consul agent register/deregister of a 4th instance -> membership_total moves "
                "(polled, p6_cp_one_change_ms) or -> Envoy ACKed the push carrying it (acked)",
-               "acked parts: consul = request returned -> its blocking query answered; control_plane = answer -> "
-               "published; envoy = published -> ACK"],
+               "acked = Consul request sent -> Envoy ACKed (the agent writes the catalog before it answers the "
+               "request, so the watch can be answered first); parts: request = the request's own time, consul = sent "
+               "-> the control plane read the blocking query's answer, control_plane = answer -> published, envoy = "
+               "published -> ACK"],
     )
 
 

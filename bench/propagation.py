@@ -4,8 +4,8 @@ One base instance of `users` stays registered (the control plane keeps last-know
 service that drops to zero, which is not what is measured here). Each change registers or deregisters a
 second instance through the Consul agent's HTTP API. Two measurements, on alternating changes of one run:
 polled, the clock starts before that request and stops when Envoy's admin /clusters lists (or no longer lists)
-the instance — Envoy applies an EDS update and ACKs it in the same step; acked, from the request's return to the
-ACK of the push carrying it, as the control plane records both (bench/_pushes.py), with Envoy left alone.
+the instance — Envoy applies an EDS update and ACKs it in the same step; acked, from the request being sent to the
+ACK of the push carrying it, which the control plane records (bench/_pushes.py), with Envoy left alone.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _change(stack: Any, action: Any, address: str, present: bool) -> float:
 
 
 def _acked(stack: Any, action: Any) -> dict[str, float]:
-    """The control plane's record of one change: the Consul request's return -> Envoy's ACK, and its parts."""
+    """The control plane's record of one change: the Consul request sent -> Envoy's ACK, and its parts."""
     before = time.time()
     action()
     return acked_change(stack.gateway, SERVICE, before, time.time(), timeout=CHANGE_TIMEOUT_S)
@@ -79,7 +79,7 @@ def run(options: Options) -> Outcome:
         subject={"what": "Consul agent register/deregister -> instance listed/unlisted by Envoy admin /clusters",
                  "all_changes": overall, "additions": summary_ms(changes["added"]),
                  "removals": summary_ms(changes["removed"]),
-                 "acked": {"what": "Consul request returned -> Envoy ACKed the push carrying it (the control "
+                 "acked": {"what": "Consul request sent -> Envoy ACKed the push carrying it (the control "
                                    "plane's record, Envoy not polled)", **acked,
                            "median_parts_ms": parts_ms(changes["acked"])}},
         commands=["PUT /v1/agent/service/register | /v1/agent/service/deregister/<id>  (Consul HTTP API)",
@@ -88,8 +88,10 @@ def run(options: Options) -> Outcome:
                   "ACKed times)"],
         notes=["the control plane pushes a change at once and gathers what arrives in the 20 ms after a push "
                "(gateway_envoy/state.py)",
-               "acked parts: consul = request returned -> its blocking query answered; control_plane = answer -> "
-               "published; envoy = published -> ACK"],
+               "acked = Consul request sent -> Envoy ACKed (the agent writes the catalog before it answers the "
+               "request, so the watch can be answered first); parts: request = the request's own time, consul = sent "
+               "-> the control plane read the blocking query's answer, control_plane = answer -> published, envoy = "
+               "published -> ACK"],
     )
 
 
