@@ -30,6 +30,7 @@ class _TypeState:
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # name -> version sent (a NACKed one is not sent again)
     force: bool = True                                   # a new subscription is answered even if nothing is new
+    current: str | None = None                           # the type version this stream was brought up to
     waiting: dict[str, tuple[str, float | None]] = field(default_factory=dict)  # nonce -> (type version, sent at)
 
 
@@ -74,6 +75,8 @@ class DeltaStream:
             state.known.update(request.initial_resource_versions)
         if new or added or WILDCARD in subscribe:
             state.force = True
+        if state.force or request.resource_names_unsubscribe:
+            state.current = None  # the subscription changed: compare every resource again
         if not request.response_nonce:
             return None
         sent = state.waiting.pop(request.response_nonce, None)
@@ -95,6 +98,9 @@ class DeltaStream:
 
     def _response(self, type_url: str, state: _TypeState,
                   snapshot: Snapshot) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        if not state.force and state.current == snapshot.versions[type_url]:
+            return None  # an ACK or a push of other types: nothing of this type changed (no 1,000-name walk)
+        state.current = snapshot.versions[type_url]
         resources = snapshot.resources[type_url]
         wanted = resources.keys() if state.wildcard else state.names & resources.keys()
         updates = []
