@@ -1,4 +1,4 @@
-"""A thin state-of-the-world ADS server: pushes the current snapshot, tracks nonces, ACKs and NACKs per stream."""
+"""A thin ADS server (state-of-the-world and delta): pushes the current snapshot, tracks nonces, ACKs and NACKs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from gateway_envoy.ads_delta import Answer, DeltaStream
 from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.snapshot import PUSH_ORDER, Snapshot
 
@@ -42,6 +43,9 @@ class _Stream:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves one Snapshot to every connected Envoy; publish() pushes a new one to all streams.
 
+    Both protocols are served: the bootstrap asks for delta (only changed resources go out, see ads_delta.py);
+    a state-of-the-world stream gets every resource of each changed type.
+
     Nothing is sent before the first snapshot, so a restarted control plane never answers with an
     empty configuration. A NACK is logged with Envoy's message, counted, and reported to on_nack; the
     same version is never re-sent on that stream (Envoy keeps its last accepted config meanwhile).
@@ -52,6 +56,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self._snapshot: Snapshot | None = None
         self._metrics = metrics
         self._streams: set[_Stream] = set()
+        self._wakeups: set[asyncio.Event] = set()  # one per delta stream
         self._nonces = itertools.count(1)
         self._on_ack = on_ack
         self._on_nack = on_nack
@@ -61,12 +66,51 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     @property
     def streams(self) -> int:
-        return len(self._streams)
+        return len(self._streams) + len(self._wakeups)
 
     def publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
         for stream in self._streams:
             stream.wakeup.set()
+        for wakeup in self._wakeups:
+            wakeup.set()
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DeltaDiscoveryRequest,
+                                          discovery_pb2.DeltaDiscoveryResponse],
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        stream = DeltaStream(context.peer(), self._pushed, lambda: str(next(self._nonces)))
+        wakeup = asyncio.Event()
+        self._wakeups.add(wakeup)
+        reader = asyncio.create_task(self._read_delta(request_iterator, stream, wakeup))
+        log.info("delta ADS stream opened by %s", stream.peer)
+        try:
+            while not reader.done():
+                await wakeup.wait()
+                wakeup.clear()
+                for response in stream.due(self._snapshot):
+                    yield response
+        finally:
+            self._wakeups.discard(wakeup)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await reader
+            log.info("delta ADS stream from %s closed", stream.peer)
+
+    async def _read_delta(self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], stream: DeltaStream,
+                          wakeup: asyncio.Event) -> None:
+        try:
+            async for request in requests:
+                answer = stream.on_request(request)
+                if answer is not None:
+                    self._answered(stream.peer, answer)
+                wakeup.set()
+        finally:
+            wakeup.set()  # lets the writer loop see that the stream ended
+
+    def _pushed(self, type_url: str) -> float | None:
+        return self._metrics.pushed(type_url) if self._metrics is not None else None
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
@@ -110,23 +154,29 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             stream.wakeup.set()
 
     def _ack_or_nack(self, stream: _Stream, request: discovery_pb2.DiscoveryRequest, state: _TypeState) -> None:
-        version = state.sent_version or ""
-        if self._metrics is not None and state.sent_at is not None:
-            self._metrics.answered(request.type_url, state.sent_at, nack=request.HasField("error_detail"))
-            state.sent_at = None
-        if request.HasField("error_detail"):
+        nack = request.HasField("error_detail")
+        # An ACK names the version Envoy now holds; a NACK the one it kept, so the rejected one is what was sent.
+        version = (state.sent_version or "") if nack else request.version_info
+        self._answered(stream.peer, Answer(request.type_url, version, state.sent_at, request.error_detail.message,
+                                           nack))
+        state.sent_at = None
+
+    def _answered(self, peer: str, answer: Answer) -> None:
+        """An ACK or NACK of either protocol: metrics, counters, logs and the callbacks."""
+        if self._metrics is not None and answer.sent_at is not None:
+            self._metrics.answered(answer.type_url, answer.sent_at, nack=answer.has_error)
+        if answer.has_error:
             self.nacks_total += 1
-            message = request.error_detail.message
-            self.last_nack[request.type_url] = message
-            log.error("NACK from %s for %s version %s (nacks_total=%d): %s", stream.peer,
-                      request.type_url.rsplit(".", 1)[-1], version, self.nacks_total, message)
+            self.last_nack[answer.type_url] = answer.error
+            log.error("NACK from %s for %s version %s (nacks_total=%d): %s", peer,
+                      answer.type_url.rsplit(".", 1)[-1], answer.version, self.nacks_total, answer.error)
             if self._on_nack:
-                self._on_nack(request.type_url, version, message)
+                self._on_nack(answer.type_url, answer.version, answer.error)
             return
-        self.acked[request.type_url] = request.version_info
-        log.debug("ACK from %s for %s version %s", stream.peer, request.type_url, request.version_info)
+        self.acked[answer.type_url] = answer.version
+        log.debug("ACK from %s for %s version %s", peer, answer.type_url, answer.version)
         if self._on_ack:
-            self._on_ack(request.type_url, request.version_info)
+            self._on_ack(answer.type_url, answer.version)
 
     def _due(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
         """Responses for every subscribed type whose snapshot version differs from what was sent."""

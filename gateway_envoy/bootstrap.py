@@ -66,7 +66,9 @@ def build_bootstrap(*, admin_port: int = DEFAULT_ADMIN_PORT, admin_host: str = D
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
         "dynamic_resources": {
-            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "set_node_on_first_message_only": True,
+            # Delta: a change sends only the resources that changed (gateway_envoy/ads_delta.py).
+            "ads_config": {"api_type": "DELTA_GRPC", "transport_api_version": "V3",
+                           "set_node_on_first_message_only": True,
                            "grpc_services": [{"envoy_grpc": {
                                "cluster_name": XDS_CLUSTER,
                                "retry_policy": {"retry_back_off": XDS_RETRY_BACK_OFF}}}]},

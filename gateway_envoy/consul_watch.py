@@ -68,6 +68,9 @@ class CatalogWatcher:
         self._full_read_due = True
         self.services: dict[str, ConsulService] = {}
         self.ready = asyncio.Event()
+        # When the blocking query's last answer arrived (time.time()) and its index: what on_change reports.
+        self.answered_at: float | None = None
+        self.answered_index: int | None = None
 
     async def run(self) -> None:
         """Watch until cancelled."""
@@ -78,6 +81,7 @@ class CatalogWatcher:
         if index is None:  # the first read, or the watch starts over (error, index went backwards)
             self._full_read_due = True
         read_at, body = await self._consul.get_indexed("/v1/health/state/any", index=index, wait=self._query_wait)
+        self.answered_at, self.answered_index = time.time(), read_at
         rows = self._rows.read(body)
         epoch = int(time.monotonic() // self._resync_s)
         changed = changed_services(self._last.rows, rows)

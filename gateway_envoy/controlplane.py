@@ -200,9 +200,10 @@ async def wait_for_descriptor(path: Path) -> Descriptor:
 
 async def start_status_server(port: int, status: Callable[[], dict[str, object]], *, host: str = "127.0.0.1",
                               docs: DocsSite | None = None,
-                              metrics: Callable[[], bytes] | None = None) -> asyncio.Server:
-    """A minimal HTTP endpoint: the docs paths answer from `docs`, GET /metrics Prometheus text, any other GET the
-    control plane's status."""
+                              metrics: Callable[[], bytes] | None = None,
+                              pushes: Callable[[], list[dict[str, object]]] | None = None) -> asyncio.Server:
+    """A minimal HTTP endpoint: the docs paths answer from `docs`, GET /metrics Prometheus text, GET /status/pushes
+    only the status' recent pushes (cheap to poll at 1,000 services), any other GET the control plane's status."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -213,6 +214,8 @@ async def start_status_server(port: int, status: Callable[[], dict[str, object]]
                 writer.write(encode(await docs.reply(method, path), head=method == "HEAD"))
             elif metrics is not None and path == "/metrics":
                 writer.write(_ok(metrics(), METRICS_CONTENT_TYPE))
+            elif pushes is not None and path == "/status/pushes":
+                writer.write(_ok(json.dumps(pushes()).encode(), "application/json"))
             else:
                 writer.write(_ok(json.dumps(status()).encode(), "application/json"))
             await writer.drain()
@@ -249,7 +252,8 @@ async def serve(args: argparse.Namespace) -> None:
     consul = ConsulClient.from_settings(ConsulSettings(address=args.consul,
                                                        token=os.environ.get("CONSUL_HTTP_TOKEN", "")))
     plane = ControlPlane(options_from(args), descriptor, EdgeInputs())
-    watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services))
+    watcher = CatalogWatcher(consul, lambda: plane.set_catalog(watcher.services, caused_at=watcher.answered_at,
+                                                               index=watcher.answered_index))
     policy = PolicyWatcher(consul, lambda value: plane.set_edge(policy=value))
     health_servicer = health.aio.HealthServicer()
     reflection = GatewayReflection(descriptor)
@@ -257,7 +261,8 @@ async def serve(args: argparse.Namespace) -> None:
     server = await start_xds_server(args, plane.ads, health_servicer, reflection)
     docs = DocsSite(openapi=args.openapi, assets=args.docs_assets)
     status = await start_status_server(args.status_port, plane.status, host=args.status_host, docs=docs,
-                                       metrics=plane.metrics.text) if args.status_port else None
+                                       metrics=plane.metrics.text, pushes=plane.pushes.recent,
+                                       ) if args.status_port else None
     status_port = status.sockets[0].getsockname()[1] if status is not None else 0
     registrations = scrape_registrations(consul, advertise_host=args.advertise_host, status_port=status_port,
                                          envoy_admin=args.envoy_admin, version="controlplane")

@@ -69,9 +69,12 @@ class Snapshot:
     resources: Mapping[str, Mapping[str, AnyProto]]
     versions: Mapping[str, str]
     transcoded: tuple[str, ...]
-    # What each resource was built from ("<type url>/<name>" -> input): the next build reuses a resource whose
+    # What each resource was built from ((type url, name) -> input): the next build reuses a resource whose
     # input did not change, so one instance more costs one load assignment, not 1,000 clusters and routes.
-    inputs: Mapping[str, object] = field(default_factory=dict, compare=False, repr=False)
+    inputs: Mapping[tuple[str, str], object] = field(default_factory=dict, compare=False, repr=False)
+    # Each resource's own content hash ((type url, name) -> digest), reused with the resource: a type's version
+    # hashes these, not every resource's bytes again.
+    digests: Mapping[tuple[str, str], bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -86,27 +89,38 @@ def _digest(chunks: Iterable[bytes]) -> str:
     return hasher.hexdigest()[:16]
 
 
-def _by_name(packed: Mapping[str, AnyProto]) -> tuple[dict[str, AnyProto], str]:
-    ordered = {name: packed[name] for name in sorted(packed)}
-    version = _digest(chunk for name, res in ordered.items() for chunk in (name.encode(), res.value))
-    return ordered, version
+def _resource_digest(resource: AnyProto) -> bytes:
+    return hashlib.sha256(resource.value).digest()[:16]
 
 
 class _Packer:
-    """Packs resources, reusing the previous snapshot's when built from an equal input."""
+    """Packs resources, reusing the previous snapshot's (and their digests) when built from an equal input."""
 
     def __init__(self, previous: Snapshot | None) -> None:
         self._previous = previous
-        self.inputs: dict[str, object] = {}
+        self.inputs: dict[tuple[str, str], object] = {}
+        self.digests: dict[tuple[str, str], bytes] = {}
 
     def get(self, type_url: str, name: str, key: object, build: Callable[[], Message]) -> AnyProto:
-        self.inputs[f"{type_url}/{name}"] = key
+        self.inputs[type_url, name] = key
         previous = self._previous
-        if previous is not None and previous.inputs.get(f"{type_url}/{name}") == key:
-            return previous.resources[type_url][name]
+        if previous is not None and (type_url, name) in previous.digests:
+            known = previous.inputs.get((type_url, name))
+            if known is key or known == key:
+                self.digests[type_url, name] = previous.digests[type_url, name]
+                return previous.resources[type_url][name]
         resource = AnyProto()
         resource.Pack(build(), deterministic=True)
+        self.digests[type_url, name] = _resource_digest(resource)
         return resource
+
+    def by_name(self, type_url: str, packed: Mapping[str, AnyProto]) -> tuple[dict[str, AnyProto], str]:
+        """The resources in name order and the type's version: a hash of each one's name and digest."""
+        ordered = {name: packed[name] for name in sorted(packed)}
+        digests = self.digests
+        version = hashlib.sha256(b"".join(b"%d:%s%s" % (len(name), name.encode(), digests[type_url, name])
+                                          for name in ordered)).hexdigest()[:16]
+        return ordered, version
 
     def built(self, type_url: str, name: str, message: Message) -> AnyProto:
         """A resource that is cheap to build (its own input): packed again only when it changed."""
@@ -175,19 +189,19 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
     secrets = {name: packer.built(SECRET_TYPE, name, secret)
                for name, secret in build_secrets(edge.edge, edge.mesh).items()}
     parts = {
-        SECRET_TYPE: _by_name(secrets),
-        CLUSTER_TYPE: _by_name({name: packer.get(CLUSTER_TYPE, name, (svc, options),
-                                                 functools.partial(build_cluster, svc, options))
-                                for name, svc in catalog.items()} | _own_clusters(packer, options)),
-        ENDPOINT_TYPE: _by_name({name: packer.get(ENDPOINT_TYPE, name, svc,
-                                                  functools.partial(build_load_assignment, svc))
-                                 for name, svc in catalog.items()}),
-        LISTENER_TYPE: _by_name({LISTENER_NAME: listener}),
-        EXTENSION_CONFIG_TYPE: _by_name(_extension_configs(packer, options, access, edge)),
-        ROUTE_TYPE: _by_name({ROUTE_CONFIG_NAME: routes}),
+        SECRET_TYPE: packer.by_name(SECRET_TYPE, secrets),
+        CLUSTER_TYPE: packer.by_name(CLUSTER_TYPE, {
+            name: packer.get(CLUSTER_TYPE, name, (svc, options), functools.partial(build_cluster, svc, options))
+            for name, svc in catalog.items()} | _own_clusters(packer, options)),
+        ENDPOINT_TYPE: packer.by_name(ENDPOINT_TYPE, {
+            name: packer.get(ENDPOINT_TYPE, name, svc, functools.partial(build_load_assignment, svc))
+            for name, svc in catalog.items()}),
+        LISTENER_TYPE: packer.by_name(LISTENER_TYPE, {LISTENER_NAME: listener}),
+        EXTENSION_CONFIG_TYPE: packer.by_name(EXTENSION_CONFIG_TYPE, _extension_configs(packer, options, access, edge)),
+        ROUTE_TYPE: packer.by_name(ROUTE_TYPE, {ROUTE_CONFIG_NAME: routes}),
     }
     return Snapshot(
         resources={type_url: packed for type_url, (packed, _) in parts.items()},
         versions={type_url: version for type_url, (_, version) in parts.items()},
-        transcoded=transcoded, inputs=packer.inputs,
+        transcoded=transcoded, inputs=packer.inputs, digests=packer.digests,
     )

@@ -14,12 +14,13 @@ from gateway_envoy.catalog import ConsulService, merge_last_known_good, package_
 from gateway_envoy.descriptor import Descriptor
 from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.options import GatewayOptions
+from gateway_envoy.pushes import PushLog
 from gateway_envoy.snapshot import ROUTE_TYPE, EdgeInputs, Snapshot, build_snapshot, transcoded_services
 
 log = logging.getLogger("gateway_envoy.state")
 
-# Consul changes arriving within this window go out as one push: a dev-agent restart re-registers every
-# instance in a burst. Short enough that a deregistered instance leaves Envoy well within 100 ms.
+# A change goes out at once; the changes that arrive within this window after a push go out together in the
+# next one: a dev-agent restart re-registers every instance in a burst, and becomes a push per window at most.
 COALESCE_S = 0.02
 # Route table builds remembered to match late ACKs/NACKs to the descriptor they carried.
 MAX_REMEMBERED_BUILDS = 16
@@ -55,6 +56,7 @@ class ControlPlane:
         # Called with each descriptor Envoy starts serving (reflection answers from it).
         self.on_accepted: list[Callable[[Descriptor], None]] = []
         self._dirty = asyncio.Event()
+        self.pushes = PushLog()
         self.metrics.follow(envoys=lambda: self.ads.streams, services=lambda: len(self.catalog),
                             endpoints=lambda: sum(len(svc.endpoints) for svc in self.catalog.values()))
 
@@ -78,9 +80,12 @@ class ControlPlane:
         if self.snapshot is None or snapshot.versions != self.snapshot.versions:
             log.info("snapshot %s: %d cluster(s), descriptor %s, %d transcoded service(s)", snapshot.version,
                      len(self.catalog), descriptor.digest, len(transcoded))
+            self.pushes.published(self.snapshot, snapshot)
             self.snapshot = snapshot
             self.metrics.served(snapshot.version)
             self.ads.publish(snapshot)
+        else:
+            self.pushes.unchanged()
 
     def _remember(self, route_version: str, build: _Build) -> None:
         self._builds.pop(route_version, None)  # re-inserted last: the newest builds are the ones kept
@@ -88,13 +93,17 @@ class ControlPlane:
         while len(self._builds) > MAX_REMEMBERED_BUILDS:
             del self._builds[next(iter(self._builds))]
 
-    def set_catalog(self, catalog: Mapping[str, ConsulService]) -> None:
-        """New raw Consul state; the rebuild happens after the coalescing window (see run_coalescer)."""
+    def set_catalog(self, catalog: Mapping[str, ConsulService], *, caused_at: float | None = None,
+                    index: int | None = None) -> None:
+        """New raw Consul state (from the answer that arrived at `caused_at`, time.time(), with X-Consul-Index
+        `index`); the coalescer pushes it (see run_coalescer)."""
         self.raw_catalog = dict(catalog)
+        if caused_at is not None:
+            self.pushes.caused(caused_at, index=index)
         self._dirty.set()
 
     def set_edge(self, **changes: Any) -> None:
-        """New edge inputs (certificates, JWKS, policy: EdgeInputs' fields), pushed after the coalescing window."""
+        """New edge inputs (certificates, JWKS, policy: EdgeInputs' fields), pushed by the coalescer."""
         self.edge = dataclasses.replace(self.edge, **changes)
         self._dirty.set()
 
@@ -103,13 +112,15 @@ class ControlPlane:
         self.rebuild()
 
     async def run_coalescer(self) -> None:
+        """Push each change at once, then gather what arrives during COALESCE_S into the next push."""
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(COALESCE_S)
             self._dirty.clear()
             self.rebuild()
+            await asyncio.sleep(COALESCE_S)
 
     def on_ack(self, type_url: str, version: str) -> None:
+        self.pushes.acked(type_url, version)
         build = self._builds.get(version)
         if type_url == ROUTE_TYPE and build is not None and build != self.accepted:
             previous, self.accepted = self.accepted, build
@@ -143,6 +154,7 @@ class ControlPlane:
                          "tokens": self.options.jwt is not None,
                          "policy": {"rules": len(self.edge.policy.rules),
                                     "rate_limits": len(self.edge.policy.rate_limits)}},
+            "pushes": self.pushes.recent(),
             "services": {name: {"grpc_services": list(svc.grpc_services),
                                 "endpoints": [f"{e.address}:{e.port}" for e in svc.endpoints]}
                          for name, svc in sorted(self.catalog.items())},

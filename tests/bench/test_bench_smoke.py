@@ -19,10 +19,11 @@ from localmesh.process import find_binary
 from localmesh.testing import MissingComponentError, find_rabbitmq_script, project_root
 
 # The cheap figures: gRPC servers (plaintext and mTLS), FastAPI (when the bench venv exists), RabbitMQ, and the
-# gateway in each of its security settings, beside grpc-gateway and under overload (one short round each, so none
-# of them can rot).
-FIGURES = "p1,p2,p3,p3g,p7,p8,p10"
-# p1 + p2 + p3 + p3g + p7 + p8 + p10 take ~150 s on an idle 2-core machine; a loaded one needs the slack.
+# gateway in each of its security settings, beside grpc-gateway and under overload, and the control plane's
+# propagation both polled and from its own push record (one short round each, so none of them can rot).
+FIGURES = "p1,p2,p3,p3g,p5,p6,p7,p8,p10"
+# p1 + p2 + p3 + p3g + p7 + p8 + p10 take ~150 s on an idle 2-core machine (p5 + p6 ~12 s more); a loaded one
+# needs the slack.
 TIMEOUT_S = 720
 # p3's stacks, side by side: security off, TLS at the edge, + JWT, + mTLS to the service, and observability on.
 GATEWAY_SETTINGS = ["off", "tls", "tls+jwt", "tls+jwt+mtls", "ratelimit", "observed"]
