@@ -12,9 +12,13 @@ from protomesh.aio import Backoff
 
 # First pause after a failed attempt: a broker blip (restart of one node) is retried almost at once.
 DEFAULT_BACKOFF_INITIAL_S = 0.2
-# Longest pause: a broker back from a ~10 s restart is noticed within 5 s, while a long outage costs only
-# one cheap failed TCP connect (and one log line) every 5 s.
+# Longest pause before a failed handler's event is tried again (the subscriber's retries).
 DEFAULT_BACKOFF_MAX_S = 5.0
+# Longest pause between attempts to reach the broker: a broker that is still booting (the local mesh starts
+# services beside it) or back from a restart is reached within half a second. A refused connect costs nothing;
+# the warning is logged on the first failure and every LOGGED_EVERY-th after it (every 10 s), not twice a second.
+CONNECT_BACKOFF_MAX_S = 0.5
+LOGGED_EVERY = 20
 # Pause between aio-pika's own reconnect attempts once a connection was up (it uses a fixed interval):
 # a refused connect costs nothing, and consumers resume ~1 s after the broker is back.
 DEFAULT_RECONNECT_INTERVAL_S = 1.0
@@ -23,8 +27,13 @@ DEFAULT_CONNECT_TIMEOUT_S = 5.0
 
 
 def broker_backoff() -> Backoff:
-    """The pause between attempts to reach the broker (see DEFAULT_BACKOFF_*)."""
-    return Backoff(initial_s=DEFAULT_BACKOFF_INITIAL_S, max_s=DEFAULT_BACKOFF_MAX_S)
+    """The pause between attempts to reach the broker (DEFAULT_BACKOFF_INITIAL_S up to CONNECT_BACKOFF_MAX_S)."""
+    return Backoff(initial_s=DEFAULT_BACKOFF_INITIAL_S, max_s=CONNECT_BACKOFF_MAX_S)
+
+
+def worth_logging(failures: int) -> bool:
+    """Whether the n-th failed attempt in a row is logged at WARNING (the first, then every LOGGED_EVERY-th)."""
+    return failures == 1 or failures % LOGGED_EVERY == 0
 
 
 def safe_url(url: str) -> str:

@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from protomesh.aio import BackgroundTasks
-from protomesh.events._connect import broker_backoff
+from protomesh.events._connect import broker_backoff, worth_logging
 from protomesh.events._publisher import Publisher
 
 logger = logging.getLogger("protomesh.events")
@@ -162,17 +162,21 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         backoff = broker_backoff()
+        failures = 0
         while True:
             self._wake.clear()
             try:
                 self.published += await self.publish_pending()
             except Exception as error:
                 delay = backoff.next_delay()
-                logger.warning("outbox relay: %s; retrying in %.1fs", error, delay)
+                failures += 1
+                logger.log(logging.WARNING if worth_logging(failures) else logging.DEBUG,
+                           "outbox relay: %s; retrying in %.1fs (attempt %d)", error, delay, failures)
                 # Not woken by notify(): orders placed during an outage must not hammer a broker that is down.
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
+            failures = 0
             try:
                 async with asyncio.timeout(self.poll_interval_s):
                     await self._wake.wait()

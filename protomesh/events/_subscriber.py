@@ -13,7 +13,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from protomesh.aio import BackgroundTasks
 from protomesh.events._acks import Acks
-from protomesh.events._connect import DEFAULT_BACKOFF_MAX_S, broker_backoff, connect, safe_url
+from protomesh.events._connect import DEFAULT_BACKOFF_MAX_S, broker_backoff, connect, safe_url, worth_logging
 from protomesh.events._envelope import CONTENT_TYPE, DEFAULT_EXCHANGE, Delivery, _delivery
 from protomesh.events._handlers import EventHandlers, UndeliverableEvent
 from protomesh.events._telemetry import EventTelemetry
@@ -132,6 +132,7 @@ class Subscriber:
 
     async def _establish(self) -> None:
         backoff = broker_backoff()
+        failures = 0
         while True:
             try:
                 # Kept on self at once: close() must also close a connection cancelled while declaring.
@@ -143,8 +144,10 @@ class Subscriber:
                     await self._connection.close()
                     self._connection = None
                 delay = backoff.next_delay()
-                logger.warning("consumer group %s cannot consume from %s (%s); retrying in %.1fs",
-                               self.group, safe_url(self._url), error, delay)
+                failures += 1
+                logger.log(logging.WARNING if worth_logging(failures) else logging.DEBUG,
+                           "consumer group %s cannot consume from %s (%s); retrying in %.1fs (attempt %d)",
+                           self.group, safe_url(self._url), error, delay, failures)
                 await asyncio.sleep(delay)
                 continue
             self._ready.set()

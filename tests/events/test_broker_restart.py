@@ -6,13 +6,14 @@ import asyncio
 import collections
 from collections.abc import Sequence
 
+import pytest
 from acme.orders.v1 import events_pb2, orders_pb2
 
 from localmesh.testing import RabbitMQNode
 from protomesh.aio import poll_until
 from protomesh.events import EventHandlers, OutboxRelay, Publisher, Subscriber, event_type, stamp_event
 
-# Reconnection is ~1 s after the node is back, the relay's backoff at most 5 s: this leaves honest slack.
+# Reconnection is ~1 s after the node is back, the relay's backoff at most 0.5 s: this leaves honest slack.
 CATCH_UP_S = 20.0
 
 
@@ -132,3 +133,23 @@ async def test_the_outbox_relay_delivers_events_stored_while_the_broker_was_down
 
 def _ids(outbox: MemoryOutbox) -> list[str]:
     return [events_pb2.OrderCreated.FromString(payload).event_id for payload, _ in outbox.rows.values()]
+
+
+async def test_a_subscriber_started_before_its_broker_consumes_within_a_second_of_the_broker_answering(
+    tmp_path_factory: pytest.TempPathFactory, exchange: str
+) -> None:
+    """What the local mesh does at `up`: services boot beside the broker, so "healthy" soon means "consuming"."""
+    node = RabbitMQNode(tmp_path_factory.mktemp("late-rabbitmq"))
+    recorder = Recorder()
+    subscriber = Subscriber(node.url, group="g-early", handlers=recorder.handlers, exchange=exchange)
+    async with subscriber:
+        await asyncio.sleep(3.0)  # refused attempts until the backoff has grown to its longest pause
+        await asyncio.to_thread(node.start)
+        answering = asyncio.get_running_loop().time()
+        try:
+            await subscriber.wait_ready(timeout=CATCH_UP_S)
+            took = asyncio.get_running_loop().time() - answering
+        finally:
+            await subscriber.close()
+            await asyncio.to_thread(node.stop)
+    assert took < 0.5 + 1.5  # the longest pause between attempts, plus a generous margin for connect + declare

@@ -24,8 +24,9 @@ def main() -> None:
     run(SERVICE, NotificationsSettings, build)
 
 
-# How long start-up waits for the consumer to bind its queue before serving anyway.
-STARTUP_CONSUME_WAIT_S = 3.0
+# How long start-up waits for the consumer to bind its queue before serving anyway: long enough for a broker
+# that boots beside the service (the local mesh starts them together), so "healthy" then means "consuming".
+STARTUP_CONSUME_WAIT_S = 10.0
 
 
 async def build(ctx: Context[NotificationsSettings]) -> list[Binding]:
