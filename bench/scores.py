@@ -72,12 +72,14 @@ def targets_of(figures: Sequence[Figure]) -> dict[str, Target]:
 
 
 def commit() -> str:
-    """The checkout's commit (short), with "+changes" when the work tree differs from it; "unknown" outside git."""
+    """The checkout's commit (short), with "+changes" when the work tree differs from it outside what the bench
+    itself writes (bench/results, docs); "unknown" outside git."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
     head = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return f"{head}+changes" if git("status", "--porcelain", "--untracked-files=no") else head
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!docs")
+    return f"{head}+changes" if changed else head
 
 
 def append_history(path: Path, figures: Sequence[Figure], results: Mapping[str, Any]) -> dict[str, Any]:
