@@ -117,6 +117,7 @@ def relative(value: Any) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     options = Options(smoke=args.smoke)
+    measured_commit = commit()  # before the run writes its own results (the history and chart name this one)
     entries: dict[str, dict[str, Any]] = {}
     for figure in args.figures:
         sys.stdout.write(f"==> {figure.id}: {figure.title}\n")
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(entry["traceback"])
         sys.stdout.flush()
     top = {"generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-           "smoke": args.smoke, "machine": describe()}
+           "smoke": args.smoke, "commit": measured_commit, "machine": describe()}
     results = merge(args.out, FIGURES, entries, top)
     sys.stdout.write(f"==> results in {args.out}\n")
     failed = any(entry["status"] == "error" for entry in entries.values())
@@ -154,7 +155,8 @@ def draw_chart(results: dict[str, Any], out: Path, *, history: Path | None) -> P
     if not python.exists():
         sys.stdout.write(f"==> no chart: the bench venv ({python}) is missing; run `scripts/bootstrap.sh bench`\n")
         return None
-    scores = {"goals": goal_scores(FIGURES, results), "peers": peer_scores(results), "commit": commit()}
+    scores = {"goals": goal_scores(FIGURES, results), "peers": peer_scores(results),
+              "commit": results.get("commit") or commit()}
     scores_file = out.with_suffix(".scores.json.tmp")
     scores_file.write_text(json.dumps(scores))
     argv = [str(python), str(ROOT / "bench" / "chart.py"), "--scores", str(scores_file), "--out", str(out),

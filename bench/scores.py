@@ -85,7 +85,7 @@ def commit() -> str:
 def append_history(path: Path, figures: Sequence[Figure], results: Mapping[str, Any]) -> dict[str, Any]:
     """One line for this full run: commit, date, machine, and the goal and peer scores."""
     machine = results.get("machine", {})
-    line = {"commit": commit(),
+    line = {"commit": results.get("commit") or commit(),
             "generated_at": results.get("generated_at") or datetime.datetime.now(datetime.UTC).isoformat(),
             "machine": {"cpu": machine.get("cpu"), "cores": machine.get("cores")},
             "goals": goal_scores(figures, results), "peers": peer_scores(results)}
