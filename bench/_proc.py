@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,6 +72,18 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@functools.cache
+def bench_venv_python(modules: str, what: str) -> str:
+    """The bench venv's interpreter when it imports `modules` (comma-separated), else NotRun saying how to get it;
+    `what` names the packages in that message."""
+    python = BENCH_VENV / "bin" / "python"
+    probe = [str(python), "-c", f"import {modules}"]
+    if not python.exists() or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
+        raise NotRun(f"the bench venv ({BENCH_VENV.relative_to(ROOT)}) with {what} is missing: run "
+                     "`scripts/bootstrap.sh bench`", missing="bench-venv")
+    return str(python)
 
 
 def load_average() -> list[float]:

@@ -13,7 +13,6 @@ Rounds alternate the two sides; the ratio is the median of each round's protomes
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import statistics
@@ -26,7 +25,7 @@ from acme.orders.v1 import events_pb2
 from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
 from bench._event_phases import IN_FLIGHT, Arrivals, both_phases
 from bench._gateway import summary_ms
-from bench._proc import BENCH_VENV
+from bench._proc import bench_venv_python
 
 TARGETS = {"p7_events_per_s": Target(">=", 5000, " msg/s"), "p7_event_p50_ms": Target("<=", 5, " ms"),
            "p7_events_vs_faststream": Target(">=", 1.0, " (protomesh ÷ FastStream msg/s)"),
@@ -56,15 +55,9 @@ async def exchange(url: str, latency_count: int, throughput_count: int, broker_p
         return await both_phases(pub.publish, arrivals, latency_count, throughput_count, broker_pid)
 
 
-@functools.cache
 def faststream_python() -> str:
     """The bench venv's interpreter, or NotRun when it (or FastStream) is missing."""
-    python = BENCH_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import faststream.rabbit, google.protobuf"]
-    if not python.exists() or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
-        raise NotRun(f"the bench venv ({BENCH_VENV.relative_to(ROOT)}) with faststream[rabbit] and protobuf is "
-                     "missing: run `scripts/bootstrap.sh bench`", missing="bench-venv")
-    return str(python)
+    return bench_venv_python("faststream.rabbit, google.protobuf", "faststream[rabbit] and protobuf")
 
 
 def peer_argv(url: str, latency_count: int, throughput_count: int, broker_pid: int) -> list[str]:

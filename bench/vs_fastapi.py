@@ -8,18 +8,16 @@ in paired rounds from the other core; the figure is FastAPI's server CPU µs per
 from __future__ import annotations
 
 import contextlib
-import functools
-import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import grpc_server
-from bench._core import ROOT, Figure, NotRun, Options, Outcome, Target
+from bench._core import ROOT, Figure, Options, Outcome, Target
 from bench._load import LoadResult, grpc_load, http_load
 from bench._measure import Sample, cpu_us, described, measured, median_ratio, paired_rounds
-from bench._proc import BENCH_VENV, SERVER_CPU, free_port, started
+from bench._proc import SERVER_CPU, bench_venv_python, free_port, started
 from bench._rows import LIST_SIZE, TINY_ID
 
 CONCURRENCY = 50
@@ -44,15 +42,10 @@ WORKLOADS = (
 )
 
 
-@functools.cache
 def bench_python() -> str:
     """The bench venv's interpreter, or NotRun when it (or one of FastAPI's pieces) is missing."""
-    python = BENCH_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import fastapi, uvicorn, uvloop, httptools, pydantic"]
-    if not python.exists() or subprocess.run(probe, capture_output=True, check=False).returncode != 0:
-        raise NotRun(f"the bench venv ({BENCH_VENV.relative_to(ROOT)}) with FastAPI, uvicorn[standard] and "
-                     "pydantic is missing: run `scripts/bootstrap.sh bench`", missing="bench-venv")
-    return str(python)
+    return bench_venv_python("fastapi, uvicorn, uvloop, httptools, pydantic",
+                             "FastAPI, uvicorn[standard] and pydantic")
 
 
 def server_argv(kind: str, port: int) -> list[str]:

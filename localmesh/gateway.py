@@ -10,10 +10,13 @@ import json
 import sys
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from localmesh.process import ManagedProcess, find_binary, free_port, port_open, wait_until
+
+# Starts of Envoy with a newly picked admin port when the one picked before was taken meanwhile.
+ADMIN_PORT_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,9 @@ class Gateway:
         # Envoy's downstream connection limit (None: the bootstrap's default, 0: none, as before load shedding).
         self.max_connections = max_connections
         self.tls = tls  # the listener serves TLS (extra_args give the control plane its certificate)
+        # Ports picked here may be taken between picking and binding (an outgoing connection's local port):
+        # Envoy's admin port is then picked again (see start); ports given by the caller never change.
+        self._own_ports = ports is None
         self.ports = ports or GatewayPorts()
         self.descriptor = descriptor
         timeout = ["--route-timeout", str(route_timeout_s)] if route_timeout_s is not None else []
@@ -78,9 +84,18 @@ class Gateway:
 
     def start(self) -> None:
         self.start_control_plane()
-        self.write_bootstrap()
-        self.envoy.start()
-        wait_until(lambda: _alive(self.envoy) and self.listening(), what="Envoy gateway listener")
+        for attempt in range(1, ADMIN_PORT_ATTEMPTS + 1):
+            self.write_bootstrap()
+            self.envoy.start()
+            try:
+                wait_until(lambda: _alive(self.envoy) and self.listening(), what="Envoy gateway listener")
+                return
+            except RuntimeError:
+                taken = f"cannot bind '127.0.0.1:{self.ports.admin}': Address already in use"
+                if not self._own_ports or attempt == ADMIN_PORT_ATTEMPTS or taken not in self.envoy.log_tail():
+                    raise
+                self.envoy.stop()
+                self.ports = replace(self.ports, admin=free_port())
 
     def start_control_plane(self) -> None:
         self.control_plane.start()

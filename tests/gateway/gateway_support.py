@@ -10,14 +10,19 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from probe_service import SERVICE as PROBE_SERVICE
+from probe_service import Probe
 
 from localmesh.testing import TEST_ROUTE_TIMEOUT_S, ConsulAgent, Gateway, ManagedProcess, project_root, wait_until
+from protomesh import ConsulSettings, Registration, Server, ServerSettings
+from protomesh.consul import ConsulClient
 
 log = logging.getLogger("gateway-e2e")
 
@@ -186,3 +191,22 @@ async def run_load(url: str, path: str, *, seconds: float = LOAD_SECONDS, client
     async with aiohttp.ClientSession() as session:
         await asyncio.gather(*(client(session) for _ in range(clients)))
     return result
+
+
+@asynccontextmanager
+async def served_probe(stack: Stack) -> AsyncIterator[Probe]:
+    """The probe served by the runtime's Server in this loop, registered in Consul as `probe` and routed by Envoy."""
+    served = Probe.load(stack.descriptor)
+    server = Server(ServerSettings(port=0), [served.binding()])
+    port = await server.start()
+    consul = ConsulClient.from_settings(ConsulSettings(address=stack.consul.address))
+    registration = Registration(consul, service="probe", address="127.0.0.1", port=port,
+                                grpc_services=[PROBE_SERVICE], version="test")
+    await registration.start()
+    await asyncio.to_thread(wait_until, lambda: bool(stack.gateway.hosts("probe")), what="probe endpoints in Envoy")
+    try:
+        yield served
+    finally:
+        await registration.deregister()
+        await consul.close()
+        await server.stop(0)

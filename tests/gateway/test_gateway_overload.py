@@ -18,12 +18,10 @@ import grpc
 import grpc.aio
 import pytest
 import pytest_asyncio
-from gateway_support import Stack, start_stack, step
+from gateway_support import Stack, served_probe, start_stack, step
 from probe_service import SERVICE, Probe, compile_probe
 
 from localmesh.testing import project_root, wait_until
-from protomesh import ConsulSettings, Registration, Server, ServerSettings
-from protomesh.consul import ConsulClient
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -45,21 +43,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def probe(stack: Stack) -> AsyncIterator[Probe]:
-    """The probe served by the runtime's Server in this loop and registered in Consul as `probe`."""
-    served = Probe.load(stack.descriptor)
-    server = Server(ServerSettings(port=0), [served.binding()])
-    port = await server.start()
-    consul = ConsulClient.from_settings(ConsulSettings(address=stack.consul.address))
-    registration = Registration(consul, service="probe", address="127.0.0.1", port=port, grpc_services=[SERVICE],
-                                version="test")
-    await registration.start()
-    await asyncio.to_thread(wait_until, lambda: bool(stack.gateway.hosts("probe")), what="probe endpoints in Envoy")
-    try:
+    async with served_probe(stack) as served:
         yield served
-    finally:
-        await registration.deregister()
-        await consul.close()
-        await server.stop(0)
 
 
 def _method(probe: Probe, channel: grpc.aio.Channel, name: str, request: str, response: str) -> Any:
