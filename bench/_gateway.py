@@ -25,8 +25,9 @@ from bench._core import NotRun
 from bench._load import DESCRIPTOR, ClientTls, LoadResult, grpc_load, http_load
 from bench._proc import LOAD_CPU, SERVER_CPU, free_port, need_binary, pinned, started, wait_until
 from bench._rows import TINY_ID
-from bench._security import PLAINTEXT, RATE_LIMITED, BenchPki, GatewaySecurity, put_policy, secured_consul
+from bench._security import PLAINTEXT, RATE_LIMITED, BenchPki, GatewaySecurity, secured_consul
 from localmesh import acl
+from localmesh.security import put_policy
 from protomesh.auth import CLAIMS_KEY
 from protomesh.intentions import Intention
 
@@ -138,7 +139,7 @@ def gateway_stack(log_dir: Path, *, backend: bool = True, otlp: str | None = Non
             backend_env = {"CONSUL_HTTP_TOKEN": secured.token(grpc_server.SERVICE)}
             runner_token = secured.token(acl.RUNNER)
         if security.rate_limit:
-            put_policy(consul.address, RATE_LIMITED, runner_token)
+            put_policy(consul.address, runner_token, RATE_LIMITED)  # as the runner writes the topology's
         gateway = envoy_gateway(log_dir, consul.address, otlp=otlp, env=env, tls=security.edge_tls,
                                 security_args=security.gateway_args(pki) if pki is not None else ("--plaintext",))
         stack.callback(gateway.stop)

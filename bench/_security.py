@@ -28,7 +28,7 @@ from localmesh import acl
 from localmesh.consul import AgentSecurity, ConsulAgent
 from localmesh.pki import DevCA, Issued, write_identity
 from localmesh.tokens import AUDIENCE, DevIssuer
-from protomesh.auth import POLICY_KEY, Policy, RateLimit
+from protomesh.auth import Policy, RateLimit
 from protomesh.identity import CA_FILE, Workload, service_host_name
 from protomesh.intentions import INTENTIONS_PATH, Intention
 
@@ -211,12 +211,3 @@ TLS = GatewaySecurity("tls", edge_tls=True)
 TLS_JWT = GatewaySecurity("tls+jwt", edge_tls=True, jwt=True)
 TLS_JWT_MTLS = GatewaySecurity("tls+jwt+mtls", edge_tls=True, jwt=True, mtls=True)
 RATE_LIMIT = GatewaySecurity("ratelimit", rate_limit=True)
-
-
-def put_policy(consul_address: str, policy: Policy, token: str = "") -> None:
-    """The mesh's security policy at POLICY_KEY, as the local mesh's runner writes it from the topology."""
-    request = urllib.request.Request(f"http://{consul_address}/v1/kv/{POLICY_KEY}", method="PUT",
-                                     data=json.dumps(policy.to_json()).encode(),
-                                     headers={"X-Consul-Token": token} if token else {})
-    with urllib.request.urlopen(request, timeout=5) as response:
-        response.read()

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -16,6 +17,8 @@ from gateway_envoy.ads_delta import Answer, DeltaStream
 from gateway_envoy.metrics import ControlPlaneMetrics
 from gateway_envoy.snapshot import PUSH_ORDER, Snapshot
 
+# A response of either protocol (DiscoveryResponse, DeltaDiscoveryResponse).
+R = TypeVar("R")
 log = logging.getLogger("gateway_envoy.ads")
 
 AckCallback = Callable[[str, str], None]          # (type_url, version)
@@ -55,8 +58,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                  metrics: ControlPlaneMetrics | None = None) -> None:
         self._snapshot: Snapshot | None = None
         self._metrics = metrics
-        self._streams: set[_Stream] = set()
-        self._wakeups: set[asyncio.Event] = set()  # one per delta stream
+        self._wakeups: set[asyncio.Event] = set()  # one per open stream, of either protocol
         self._nonces = itertools.count(1)
         self._on_ack = on_ack
         self._on_nack = on_nack
@@ -66,14 +68,31 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
 
     @property
     def streams(self) -> int:
-        return len(self._streams) + len(self._wakeups)
+        return len(self._wakeups)
 
     def publish(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        for stream in self._streams:
-            stream.wakeup.set()
         for wakeup in self._wakeups:
             wakeup.set()
+
+    async def _serve(self, kind: str, peer: str, reader: asyncio.Task[None], wakeup: asyncio.Event,
+                     due: Callable[[], Iterable[R]]) -> AsyncIterator[R]:
+        """One stream's writer, either protocol: `due()` after every wake-up (a request read, a new snapshot)
+        until the reader ends; then the reader is cancelled and the stream forgotten."""
+        self._wakeups.add(wakeup)
+        log.info("%s stream opened by %s", kind, peer)
+        try:
+            while not reader.done():
+                await wakeup.wait()
+                wakeup.clear()
+                for response in due():
+                    yield response
+        finally:
+            self._wakeups.discard(wakeup)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
+                await reader
+            log.info("%s stream from %s closed", kind, peer)
 
     async def DeltaAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
@@ -82,21 +101,10 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         stream = DeltaStream(context.peer(), self._pushed, lambda: str(next(self._nonces)))
         wakeup = asyncio.Event()
-        self._wakeups.add(wakeup)
         reader = asyncio.create_task(self._read_delta(request_iterator, stream, wakeup))
-        log.info("delta ADS stream opened by %s", stream.peer)
-        try:
-            while not reader.done():
-                await wakeup.wait()
-                wakeup.clear()
-                for response in stream.due(self._snapshot):
-                    yield response
-        finally:
-            self._wakeups.discard(wakeup)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
-                await reader
-            log.info("delta ADS stream from %s closed", stream.peer)
+        async for response in self._serve("delta ADS", stream.peer, reader, wakeup,
+                                          lambda: stream.due(self._snapshot)):
+            yield response
 
     async def _read_delta(self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], stream: DeltaStream,
                           wakeup: asyncio.Event) -> None:
@@ -117,21 +125,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         stream = _Stream(peer=context.peer())
-        self._streams.add(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        log.info("ADS stream opened by %s", stream.peer)
-        try:
-            while not reader.done():
-                await stream.wakeup.wait()
-                stream.wakeup.clear()
-                for response in self._due(stream):
-                    yield response
-        finally:
-            self._streams.discard(stream)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, grpc.RpcError):
-                await reader
-            log.info("ADS stream from %s closed", stream.peer)
+        async for response in self._serve("ADS", stream.peer, reader, stream.wakeup, lambda: self._due(stream)):
+            yield response
 
     async def _read(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], stream: _Stream) -> None:
         try:
