@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 from google.protobuf import descriptor_pb2, descriptor_pool, wrappers_pb2
 
-from localmesh.acl import RUNNER, MeshTokens, apply, grants
+from localmesh.acl import RUNNER, MeshTokens, apply_when_ready, grants
 from localmesh.consul import AgentSecurity, ConsulAgent
 from localmesh.pki import DevCA, write_identity
 from protomesh._server import Binding
@@ -127,7 +127,7 @@ def secure_consul(folder: Path, pki: Pki) -> Iterator[SecureConsul]:
     agent = ConsulAgent(folder / "logs", security=AgentSecurity(tokens.master, ca_file, cert_file, key_file))
     agent.start()
     try:
-        apply(agent.address, tokens, grants(SERVICES))
+        apply_when_ready(agent.address, tokens, grants(SERVICES))
         yield SecureConsul(agent, tokens)
     finally:
         agent.stop()
