@@ -44,10 +44,6 @@ class AccessRules:
     def scoped(self) -> list[PathRule]:
         return [rule for rule in self.rules if not rule.rule.public and rule.rule.scopes]
 
-    @property
-    def limited_paths(self) -> frozenset[str]:
-        return frozenset(path for path, _ in self.rate_limits)
-
 
 def _service_of(path: str) -> str:
     return path.rsplit("/", 1)[0] + "/"

@@ -50,8 +50,6 @@ JWKS_CLUSTER = "protomesh.jwks"
 JWKS_FETCH_TIMEOUT_S = 5
 # Rejected remote JWKS fetches are retried this often (Envoy's default waits a full second between them).
 JWKS_RETRIES = 3
-# local_ratelimit adds this header to the replies it limits; the Lua filter turns it into Retry-After.
-RATE_LIMITED_HEADER = "x-protomesh-rate-limited"
 # Runtime keys Envoy requires beside the 100 % defaults (nothing sets them).
 RATE_LIMIT_ENABLED_KEY = "protomesh.rate_limit.enabled"
 RATE_LIMIT_ENFORCED_KEY = "protomesh.rate_limit.enforced"
@@ -207,7 +205,8 @@ def build_rate_limit(access: AccessRules) -> local_ratelimit.LocalRateLimit:
     route's, it lasts across route updates. No default bucket, so an unlimited method costs nothing.
 
     Enabled and enforced for 100 % of requests: without both the filter only counts. gRPC callers get
-    RESOURCE_EXHAUSTED (Envoy's default for a 429 is UNAVAILABLE, which clients retry)."""
+    RESOURCE_EXHAUSTED (Envoy's default for a 429 is UNAVAILABLE, which clients retry). The 429 says when to come
+    back (Retry-After, errors.py) from the route's metadata (routes.py)."""
     descriptors = [ratelimit_pb2.LocalRateLimitDescriptor(
         entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=RATE_LIMIT_DESCRIPTOR, value=path)],
         token_bucket=token_bucket_pb2.TokenBucket(max_tokens=limit.requests,
@@ -218,9 +217,4 @@ def build_rate_limit(access: AccessRules) -> local_ratelimit.LocalRateLimit:
         stat_prefix="protomesh_rate_limit", descriptors=descriptors, rate_limits=[_method_of_route()],
         always_consume_default_token_bucket=BoolValue(value=False),
         filter_enabled=_all_of_them(RATE_LIMIT_ENABLED_KEY), filter_enforced=_all_of_them(RATE_LIMIT_ENFORCED_KEY),
-        rate_limited_as_resource_exhausted=True,
-        # x-ratelimit-reset says when the bucket refills; the Lua filter makes it the 429's Retry-After.
-        enable_x_ratelimit_headers=ratelimit_pb2.DRAFT_VERSION_03,
-        response_headers_to_add=[base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key=RATE_LIMITED_HEADER, value="1"),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)])
+        rate_limited_as_resource_exhausted=True)

@@ -10,10 +10,17 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-# The Lua filter marks REST (non-gRPC) requests with this dynamic metadata before the transcoder turns
-# them into gRPC; Envoy's local replies to those get JSON bodies, native gRPC clients keep grpc-status.
+# The REST branch (front_filters.py) marks REST (non-gRPC) requests with this dynamic metadata before the
+# transcoder turns them into gRPC; Envoy's local replies to those get JSON bodies, gRPC clients keep grpc-status.
 REST_METADATA_NAMESPACE = "protomesh.gateway"
 REST_METADATA_KEY = "rest"
+REST_MARK = "true"
+# A rate-limited method's routes carry, at this key of their metadata, the most seconds an emptied bucket takes to
+# have a call again (routes.py): the 429's Retry-After. A gateway's own 503 (a service over its circuit breaker)
+# says 1 s; a service's own UNAVAILABLE keeps the retry-after it sent (the runtime's concurrency bound sends 1).
+RETRY_AFTER_METADATA_KEY = "retry_after"
+RATE_LIMITED_RETRY_AFTER = f"%METADATA(ROUTE:{REST_METADATA_NAMESPACE}:{RETRY_AFTER_METADATA_KEY})%"
+SHED_RETRY_AFTER_S = "1"
 
 # What a refused caller is told, the same however its token failed; no more is said (the reason is the issuer's
 # business, and a hint helps only someone probing).
@@ -62,15 +69,15 @@ WWW_AUTHENTICATE = 'Bearer realm="protomesh"'
 
 
 def rest_request_matcher() -> metadata_pb2.MetadataMatcher:
-    """Matches a request the Lua filter marked as REST (routes and local-reply mappers use it)."""
+    """Matches a request the REST branch marked as REST (routes and local-reply mappers use it)."""
     return metadata_pb2.MetadataMatcher(
         filter=REST_METADATA_NAMESPACE,
         path=[metadata_pb2.MetadataMatcher.PathSegment(key=REST_METADATA_KEY)],
-        value=value_pb2.ValueMatcher(bool_match=True))
+        value=value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=REST_MARK)))
 
 
 def _rest_request() -> accesslog_pb2.AccessLogFilter:
-    """A request the Lua filter marked REST, or one that never reached it and is not gRPC: Envoy answers
+    """A request the REST branch marked REST, or one that never reached it and is not gRPC: Envoy answers
     431 (headers too large) and 408 (headers too slow) before any filter runs."""
     marked = accesslog_pb2.AccessLogFilter(metadata_filter=accesslog_pb2.MetadataFilter(
         matcher=rest_request_matcher(), match_if_key_not_found=BoolValue(value=False)))
@@ -105,7 +112,11 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def _headers_for(status: int) -> list[base_pb2.HeaderValueOption]:
-    return [_header("www-authenticate", WWW_AUTHENTICATE)] if status == 401 else []
+    """A refused caller learns how to authenticate; a limited or shed one when to come back."""
+    headers = {401: [_header("www-authenticate", WWW_AUTHENTICATE)],
+               429: [_header("retry-after", RATE_LIMITED_RETRY_AFTER)],
+               503: [_header("retry-after", SHED_RETRY_AFTER_S)]}
+    return headers.get(status, [])
 
 
 def _rest_mapper(status: int, code: int, message: str | None) -> hcm.ResponseMapper:

@@ -7,14 +7,12 @@ The listener never changes when a contract does: the transcoder's descriptor and
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import resources
 
 from envoy.config.core.v3 import address_pb2, config_source_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
-from envoy.extensions.filters.http.lua.v3 import lua_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
@@ -26,6 +24,7 @@ from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 from gateway_envoy.clusters import ads_source
 from gateway_envoy.edge_filters import JWT_FILTER, RATE_LIMIT_FILTER, RBAC_FILTER
 from gateway_envoy.errors import build_local_reply_config
+from gateway_envoy.front_filters import hygiene_filter, rest_filters, token_guard_filter
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER
 from gateway_envoy.tls import edge_transport_socket
@@ -51,14 +50,6 @@ def _typed(message: Message) -> AnyProto:
     packed = AnyProto()
     packed.Pack(message, deterministic=True)
     return packed
-
-
-def rest_filter_source(options: GatewayOptions | None = None) -> str:
-    """The Lua filter, with the longest bearer token it lets through (0: the gateway verifies none)."""
-    jwt = options.jwt if options is not None else None
-    limit = jwt.max_token_bytes if jwt is not None else 0
-    script = resources.files("gateway_envoy").joinpath("rest_filter.lua").read_text()
-    return f"local MAX_TOKEN_BYTES = {limit}\n{script}"
 
 
 def _discovered(name: str, config_type: type[Message]) -> hcm.HttpFilter:
@@ -102,12 +93,14 @@ def disabled_transcoder() -> transcoder_pb2.GrpcJsonTranscoder:
 
 
 def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManager:
-    """The filter order matters: the Lua filter sits before the transcoder so it sees REST requests as sent
-    and REST responses as returned (after the transcoder turned them into JSON); the security filters sit
-    after it (see security_filters)."""
-    lua = lua_pb2.Lua(default_source_code={"inline_string": rest_filter_source(options)})
+    """The filter order matters: the front filters (front_filters.py) sit before the transcoder so they see REST
+    requests as sent and REST responses as returned (after the transcoder turned them into JSON); the security
+    filters sit after it (see security_filters)."""
+    guard = [token_guard_filter(options.jwt.max_token_bytes)] if options.jwt is not None else []
     filters = [
-        hcm.HttpFilter(name="envoy.filters.http.lua", typed_config=_typed(lua)),
+        hygiene_filter(),
+        *rest_filters(options.max_request_bytes),
+        *guard,
         hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=_typed(disabled_transcoder())),
         *security_filters(options),
         # No x-envoy-* headers either way (x-envoy-expected-rq-timeout-ms, -upstream-service-time, ...): a
@@ -149,7 +142,7 @@ def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
         name=LISTENER_NAME,
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(
             address=options.listen_host, port_value=options.listen_port)),
-        # Also the most a REST request body may be: the Lua filter buffers it, past this Envoy answers 413.
+        # Also the most a REST request body may be: the REST branch buffers it, past this Envoy answers 413.
         per_connection_buffer_limit_bytes=UInt32Value(value=options.max_request_bytes),
         filter_chains=[chain],
     )

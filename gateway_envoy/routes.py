@@ -3,6 +3,7 @@ retries that keep the gateway transparent to gRPC clients."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +17,10 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from gateway_envoy.bootstrap import XDS_CLUSTER
 from gateway_envoy.catalog import Catalog, routable
-from gateway_envoy.errors import rest_request_matcher
+from gateway_envoy.errors import RETRY_AFTER_METADATA_KEY, rest_request_matcher
+from gateway_envoy.front_filters import rest_route_configs
 from gateway_envoy.options import GatewayOptions
+from protomesh.auth import RateLimit
 
 ROUTE_CONFIG_NAME = "protomesh"
 TRANSCODER_FILTER = "envoy.filters.http.grpc_json_transcoder"
@@ -105,16 +108,28 @@ def _action(cluster: str, retry_on: str, *, timeout_s: float | None) -> route_co
     return action
 
 
-def _rate_limited(route: route_components_pb2.Route, path: str | None) -> route_components_pb2.Route:
-    """The route, naming the method's token bucket when it has one: every route of the method names the same."""
-    if path is not None:
+@dataclass(frozen=True)
+class Limited:
+    """A method with a token bucket of its own: its gRPC path names the bucket."""
+
+    path: str
+    limit: RateLimit
+
+
+def _rate_limited(route: route_components_pb2.Route, limited: Limited | None) -> route_components_pb2.Route:
+    """The route, naming the method's token bucket when it has one (every route of the method names the same),
+    and how long a refused caller should wait at most: Envoy refills a bucket continuously, one call every
+    per_s / requests seconds, so that is when an emptied bucket has a call again (whole seconds, at least 1)."""
+    if limited is not None:
         namespace, key = RATE_LIMIT_METADATA
-        route.metadata.filter_metadata[namespace].update({key: path})
+        retry_after = max(1, math.ceil(limited.limit.per_s / limited.limit.requests))
+        route.metadata.filter_metadata[namespace].update({key: limited.path,
+                                                          RETRY_AFTER_METADATA_KEY: str(retry_after)})
     return route
 
 
 def _unary(name: str, match: route_components_pb2.RouteMatch, cluster: str, retry_on: str,
-           options: GatewayOptions, limited: str | None = None) -> list[route_components_pb2.Route]:
+           options: GatewayOptions, limited: Limited | None = None) -> list[route_components_pb2.Route]:
     """A call with a deadline gets exactly its deadline; one without (every REST call) the route timeout."""
     return [_rate_limited(route, limited) for route in (
         route_components_pb2.Route(name=f"{name} (deadline)", match=_with_deadline(match),
@@ -124,7 +139,7 @@ def _unary(name: str, match: route_components_pb2.RouteMatch, cluster: str, retr
     )]
 
 
-def _stream(path: str, cluster: str, retry_on: str, limited: str | None = None) -> route_components_pb2.Route:
+def _stream(path: str, cluster: str, retry_on: str, limited: Limited | None = None) -> route_components_pb2.Route:
     """A streaming method lives until its deadline or cancellation; only a stream idle for minutes is ended."""
     action = _action(cluster, retry_on, timeout_s=None)
     action.idle_timeout.CopyFrom(_duration_ms(STREAM_IDLE_TIMEOUT_S * 1000))
@@ -136,10 +151,11 @@ def _service(grpc_service: str, cluster: str, options: GatewayOptions, methods: 
     """The routes of one served service: its streaming, retry-safe and rate-limited methods first, then its
     prefix."""
     routes: list[route_components_pb2.Route] = []
-    own = {*methods.streaming, *methods.retry_safe, *methods.rate_limited}
+    limits = dict(methods.rate_limited)
+    own = {*methods.streaming, *methods.retry_safe, *limits}
     for path in sorted(p for p in own if p.startswith(f"/{grpc_service}/")):
         retry_on = RETRY_ON_SAFE_METHOD if path in methods.retry_safe else RETRY_ON
-        limited = path if path in methods.rate_limited else None
+        limited = Limited(path, limits[path]) if path in limits else None
         if path in methods.streaming:
             routes.append(_stream(path, cluster, retry_on, limited))
         else:
@@ -170,13 +186,22 @@ def _text_response(status: int, text: str) -> route_components_pb2.DirectRespons
     return route_components_pb2.DirectResponseAction(status=status, body=base_pb2.DataSource(inline_string=text))
 
 
-def _rest_entry() -> route_components_pb2.Route:
-    # The transcoder reads its per-route configuration from the route the REST path matches *before* it
-    # rewrites the path to gRPC; this catch-all is that route. A request it does not transcode and that no
-    # gRPC route takes ends here: 404 (UNIMPLEMENTED for gRPC callers, JSON google.rpc.Status for REST).
-    return route_components_pb2.Route(
-        name="rest", match=route_components_pb2.RouteMatch(prefix="/"),
-        direct_response=route_components_pb2.DirectResponseAction(status=404))
+def _catch_all(options: GatewayOptions) -> list[route_components_pb2.Route]:
+    """The last routes. A gRPC call no route took ends at the first: 404, UNIMPLEMENTED for its caller.
+
+    Every other request is REST and matches the second before the transcoder rewrites its path to gRPC: the
+    transcoder reads its per-route configuration there (from the virtual host), and the route turns on the REST
+    filters (front_filters.py). One the transcoder does not take ends there too: 404, as JSON google.rpc.Status.
+    """
+    not_found = route_components_pb2.DirectResponseAction(status=404)
+    grpc = route_components_pb2.Route(name="unknown (grpc)", direct_response=not_found,
+                                      match=route_components_pb2.RouteMatch(
+                                          prefix="/", grpc=route_components_pb2.RouteMatch.GrpcRouteMatchOptions()))
+    rest = route_components_pb2.Route(name="rest", match=route_components_pb2.RouteMatch(prefix="/"),
+                                      direct_response=not_found)
+    for name, config in rest_route_configs(options.max_request_bytes).items():
+        rest.typed_per_filter_config[name].Pack(config, deterministic=True)
+    return [grpc, rest]
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,8 @@ class MethodKinds:
 
     retry_safe: frozenset[str] = frozenset()   # unary, NO_SIDE_EFFECTS or IDEMPOTENT
     streaming: frozenset[str] = frozenset()    # client-, server- or bidi-streaming
-    rate_limited: frozenset[str] = frozenset()  # with a token bucket of their own (the topology's policy)
+    # With a token bucket of their own (the topology's policy), as AccessRules.rate_limits lists them.
+    rate_limited: tuple[tuple[str, RateLimit], ...] = ()
 
 
 def build_route_config(catalog: Catalog, api_services: Sequence[str], options: GatewayOptions,
@@ -210,7 +236,7 @@ def build_route_config(catalog: Catalog, api_services: Sequence[str], options: G
     # Reflection of the whole mesh, answered by the control plane over the cluster Envoy reaches it by.
     routes += [_stream(f"/{service}/{REFLECTION_METHOD}", XDS_CLUSTER, RETRY_ON) for service in REFLECTION_SERVICES]
     routes += extra_routes  # e.g. the docs pages (docs.py): plain HTTP paths, ahead of the REST catch-all
-    routes.append(_rest_entry())
+    routes += _catch_all(options)
     # The transcoder adds these after every other filter ran; a service never sees them.
     host = route_components_pb2.VirtualHost(name="gateway", domains=["*"], routes=routes,
                                             request_headers_to_remove=TRANSCODER_HEADERS)

@@ -180,7 +180,7 @@ def build_snapshot(catalog: Catalog, descriptor: Descriptor, transcoded: Sequenc
     listener = packer.get(LISTENER_TYPE, LISTENER_NAME, options, lambda: build_listener(options))
     owners = tuple(sorted(service_routes(catalog).items()))
     kinds = MethodKinds(frozenset(descriptor.retry_safe_methods), frozenset(descriptor.streaming_methods),
-                        access.limited_paths)
+                        access.rate_limits)
     key = (owners, transcoded, options, descriptor.digest, expected, kinds)
     routes = packer.get(ROUTE_TYPE, ROUTE_CONFIG_NAME, key,
                         lambda: build_route_config(catalog, transcoded, options, kinds,

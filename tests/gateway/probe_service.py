@@ -112,7 +112,9 @@ class Probe:
 
     async def fail(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self.calls[request.key] += 1
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the probe is always unavailable")
+        # As the runtime's concurrency bound answers (protomesh._overload): UNAVAILABLE, with when to come back.
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the probe is always unavailable",
+                            trailing_metadata=(("retry-after", "1"),))
 
     async def ticks(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         for n in range(request.count):

@@ -9,7 +9,9 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.buffer.v3 import buffer_pb2
 from envoy.extensions.filters.http.grpc_json_transcoder.v3 import transcoder_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 
 from gateway_envoy.bootstrap import (
@@ -24,6 +26,13 @@ from gateway_envoy.bootstrap import (
 from gateway_envoy.catalog import ConsulService, Endpoint, merge_last_known_good, package_owner, service_from_health
 from gateway_envoy.clusters import HTTP_PROTOCOL_OPTIONS, LEGACY_MAX_REQUESTS, build_cluster, build_load_assignment
 from gateway_envoy.descriptor import Descriptor, DescriptorError, parse_descriptor, read_descriptor
+from gateway_envoy.front_filters import (
+    GRPC_RESPONSE_HEADERS,
+    HYGIENE_FILTER,
+    REST_BUFFER_FILTER,
+    REST_JSON_FILTER,
+    REST_MARK_FILTER,
+)
 from gateway_envoy.options import DEFAULT_CLUSTER_MAX_REQUESTS, GatewayOptions
 from gateway_envoy.routes import RETRY_ON, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER, MethodKinds, build_route_config
 from gateway_envoy.snapshot import LISTENER_TYPE, ROUTE_TYPE, build_snapshot, transcoded_services
@@ -34,8 +43,10 @@ OPTIONS = GatewayOptions()
 
 
 def mesh_routes(config: route_pb2.RouteConfiguration) -> list[route_components_pb2.Route]:
-    """The routes to the mesh's services and the REST entry, without the gateway's own reflection routes."""
-    return [r for r in config.virtual_hosts[0].routes if not r.name.startswith("/grpc.reflection.")]
+    """The routes to the mesh's services and the REST entry, without the gateway's own reflection routes and the
+    gRPC catch-all."""
+    return [r for r in config.virtual_hosts[0].routes
+            if not r.name.startswith("/grpc.reflection.") and r.name != "unknown (grpc)"]
 
 
 def users(*ports: int) -> ConsulService:
@@ -138,6 +149,21 @@ def test_a_streaming_method_has_no_route_timeout_only_an_idle_timeout_above_the_
     assert stream.route.retry_policy.retry_on == RETRY_ON
 
 
+def test_only_rest_requests_reach_the_rest_entry_which_turns_on_the_rest_filters() -> None:
+    *_, grpc_catch_all, rest = build_route_config({"users": users(1)}, [USERS], OPTIONS).virtual_hosts[0].routes
+    assert (grpc_catch_all.match.prefix, grpc_catch_all.match.HasField("grpc")) == ("/", True)
+    assert grpc_catch_all.direct_response.status == 404
+    assert not grpc_catch_all.typed_per_filter_config
+    assert (rest.name, rest.match.prefix, rest.match.HasField("grpc")) == ("rest", "/", False)
+    assert sorted(rest.typed_per_filter_config) == sorted([REST_MARK_FILTER, REST_BUFFER_FILTER, REST_JSON_FILTER])
+    json_only = header_mutation_pb2.HeaderMutationPerRoute()
+    rest.typed_per_filter_config[REST_JSON_FILTER].Unpack(json_only)
+    assert [m.remove for m in json_only.mutations.response_mutations] == list(GRPC_RESPONSE_HEADERS)
+    buffer = buffer_pb2.BufferPerRoute()
+    rest.typed_per_filter_config[REST_BUFFER_FILTER].Unpack(buffer)
+    assert buffer.buffer.max_request_bytes.value == OPTIONS.max_request_bytes
+
+
 def test_an_expected_api_service_without_instances_answers_503_and_hidden_services_get_no_route() -> None:
     config = build_route_config({}, ["acme.orders.v1.OrderService", "grpc.health.v1.Health"], OPTIONS,
                                 expected={"acme.orders.v1.OrderService"})
@@ -187,7 +213,8 @@ def test_the_routes_carry_the_transcoder_with_status_conversion_and_strict_valid
     assert manager.codec_type == hcm.HttpConnectionManager.AUTO
     names = [f.name for f in manager.http_filters]
     # Without token checks (no JWKS) the security filters are the rate limit alone (test_gateway_edge_builders.py).
-    assert names == ["envoy.filters.http.lua", TRANSCODER_FILTER, "envoy.filters.http.local_ratelimit",
+    assert names == [HYGIENE_FILTER, REST_MARK_FILTER, REST_BUFFER_FILTER, REST_JSON_FILTER, TRANSCODER_FILTER,
+                     "envoy.filters.http.local_ratelimit",
                      "envoy.filters.http.router"]
     routes = route_pb2.RouteConfiguration()
     snapshot.resources[ROUTE_TYPE]["protomesh"].Unpack(routes)

@@ -51,8 +51,8 @@ def test_docs_routes_come_before_the_rest_catch_all_with_the_transcoder_off(gate
     assert clusters == [DOCS_CLUSTER, "users"]
     docs = [route for route in routes if route.route.cluster == DOCS_CLUSTER]
     assert [(r.match.path or r.match.prefix) for r in docs] == ["/openapi.json", "/docs", "/docs/"]
-    assert routes[-1].name == "rest"
-    assert routes.index(docs[-1]) == len(routes) - 2
+    assert [route.name for route in routes[-2:]] == ["unknown (grpc)", "rest"]
+    assert routes.index(docs[-1]) == len(routes) - 3
     for route in docs:
         off = route_components_pb2.FilterConfig()
         route.typed_per_filter_config[TRANSCODER_FILTER].Unpack(off)

@@ -24,6 +24,14 @@ from gateway_envoy.catalog import ConsulService, Endpoint
 from gateway_envoy.controlplane import options_from, parse_args
 from gateway_envoy.descriptor import Descriptor, read_descriptor
 from gateway_envoy.edge_filters import JWT_FILTER, OPEN_PATHS, RATE_LIMIT_FILTER, RBAC_FILTER
+from gateway_envoy.errors import RETRY_AFTER_METADATA_KEY
+from gateway_envoy.front_filters import (
+    HYGIENE_FILTER,
+    REST_BUFFER_FILTER,
+    REST_JSON_FILTER,
+    REST_MARK_FILTER,
+    TOKEN_GUARD_FILTER,
+)
 from gateway_envoy.options import GatewayOptions, JwtOptions
 from gateway_envoy.routes import RATE_LIMIT_METADATA
 from gateway_envoy.snapshot import (
@@ -102,9 +110,10 @@ def test_the_listener_runs_the_security_filters_after_the_transcoder_in_the_docu
     manager = hcm.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     assert [f.name for f in manager.http_filters] == [
-        "envoy.filters.http.lua", "envoy.filters.http.grpc_json_transcoder", JWT_FILTER, RBAC_FILTER,
-        RATE_LIMIT_FILTER, "envoy.filters.http.router"]
-    assert all(f.config_discovery.config_source.HasField("ads") for f in manager.http_filters[2:5])
+        HYGIENE_FILTER, REST_MARK_FILTER, REST_BUFFER_FILTER, REST_JSON_FILTER, TOKEN_GUARD_FILTER,
+        "envoy.filters.http.grpc_json_transcoder", JWT_FILTER,
+        RBAC_FILTER, RATE_LIMIT_FILTER, "envoy.filters.http.router"]
+    assert all(f.config_discovery.config_source.HasField("ads") for f in manager.http_filters[6:9])
     context = tls_pb2.DownstreamTlsContext()
     listener.filter_chains[0].transport_socket.typed_config.Unpack(context)
     common = context.common_tls_context
@@ -156,6 +165,18 @@ def test_a_limited_method_gets_routes_that_name_one_bucket_enforced_for_every_re
     (bucket,) = config.descriptors
     assert (bucket.entries[0].value, bucket.token_bucket.max_tokens) == (f"/{USERS}/GetUser", 3)
     assert bucket.token_bucket.fill_interval.ToMilliseconds() == 2000
+
+
+@pytest.mark.parametrize(("requests", "per_s", "retry_after"), [(3, 2, "1"), (2, 20, "10"), (1, 0.5, "1")])
+def test_a_limited_routes_retry_after_is_the_longest_an_emptied_bucket_takes_to_have_a_call_again(
+        descriptor: Descriptor, requests: int, per_s: float, retry_after: str) -> None:
+    policy = Policy.parse({"rate_limits": {f"/{USERS}/GetUser": {"requests": requests, "per_s": per_s}}})
+    routes = unpack(snapshot(descriptor, EdgeInputs(jwks=JWKS, policy=policy)), ROUTE_TYPE, "protomesh",
+                    route_pb2.RouteConfiguration()).virtual_hosts[0].routes
+    namespace, _ = RATE_LIMIT_METADATA
+    said = {r.metadata.filter_metadata[namespace].fields[RETRY_AFTER_METADATA_KEY].string_value
+            for r in routes if r.name.startswith(f"/{USERS}/GetUser")}
+    assert said == {retry_after}
 
 
 def test_each_service_cluster_takes_only_that_services_spiffe_id(descriptor: Descriptor) -> None:

@@ -342,8 +342,8 @@ async def test_the_gateways_own_paths_need_no_token(stack: SecureStack) -> None:
 
 async def test_a_clients_own_claims_never_reach_a_service_the_verified_ones_do(
         stack: SecureStack, backends: dict[str, Backend]) -> None:
-    """Both the Lua filter and jwt_authn (it drops its forward_payload_header from requests) remove a client's
-    claims; test_gateway_transparency.py pins the Lua filter alone, on a gateway that checks no token."""
+    """Both the hygiene filter and jwt_authn (it drops its forward_payload_header from requests) remove a client's
+    claims; test_gateway_transparency.py pins the hygiene filter alone, on a gateway that checks no token."""
     forged = b64url(json.dumps({"sub": "mallory", "scope": "secure:read secure:write secure:admin"}).encode())
     header = {"x-protomesh-claims": forged}
     alone = await https(stack, "GET", "/v1/secure:hello", headers=header)

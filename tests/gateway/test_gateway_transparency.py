@@ -79,7 +79,7 @@ async def test_no_answer_names_the_gateway_in_its_headers(stack: Stack, probe: P
 
 
 async def test_a_clients_own_claims_header_never_reaches_a_service(stack: Stack, probe: Probe) -> None:
-    """Services trust x-protomesh-claims from the gateway: the Lua filter removes a client's own even when the
+    """Services trust x-protomesh-claims from the gateway: the hygiene filter removes a client's own even when the
     gateway checks no token (jwt_authn, when on, would drop it too)."""
     forged = {"x-protomesh-claims": "eyJzdWIiOiAibWFsbG9yeSJ9"}
     async with grpc.aio.insecure_channel(stack.gateway.address) as channel:
