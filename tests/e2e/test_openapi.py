@@ -44,7 +44,8 @@ EXCLUDED_CHECKS = {
     # unknown method token (QUERY) with 400 from the HTTP codec, instead of 405 + Allow: a gateway fix, reported.
     "unsupported_method": "the gateway answers undeclared methods 404 (or 400), not 405",
 }
-# Checks off for one operation only, each with why (the check runs everywhere else).
+# Checks off for one operation only, each with why (the check runs everywhere else). Every check is on by default;
+# `--checks all` on the command line would turn these back on (schemathesis 4.32: the CLI outranks the file).
 EXCLUDED_OPERATION_CHECKS = {
     # Schemathesis' stateful phase deletes a user, then lists /v1/users/{id}/notifications and expects 404. That list
     # belongs to the notifications service, nested under the user in REST only: it answers any user id it holds no
@@ -300,8 +301,8 @@ async def run_schemathesis(mesh: RunningMesh, folder: Path, *, mode: str) -> Fuz
         for operation, check in EXCLUDED_OPERATION_CHECKS))
     argv = [str(SCHEMATHESIS), "--config-file", str(config), "run", str(DOCUMENT), "--url", mesh.url,
             "--tls-verify", str(mesh.client.ca_file),
-            "--header", f"Authorization: Bearer {mesh.token}", "--checks", "all",
-            "--exclude-checks", ",".join(EXCLUDED_CHECKS), "--mode", mode, "--max-examples", str(MAX_EXAMPLES),
+            "--header", f"Authorization: Bearer {mesh.token}", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
+            "--mode", mode, "--max-examples", str(MAX_EXAMPLES),
             "--max-time", str(MAX_SECONDS), "--workers", "1", "--request-timeout", "5", "--seed", "1",
             "--output-sanitize", "false", "--report", "json,har", "--report-json-path", str(report),
             "--report-har-path", str(har)]
