@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,8 +53,42 @@ def find_binary(name: str, *, project: Path | None = None) -> str:
     raise MissingComponentError(f"{name} is not installed: run `make setup` (CI runs it through `make test`)")
 
 
+# Ports handed out start here and end below the kernel's ephemeral range (where the OS takes the source port of
+# every outgoing connection): a port the OS picked (bind to 0) lies in that range, and a busy machine's next
+# outgoing connection could take it before its component binds it (CI saw the control plane's xDS port go so).
+PICKED_PORTS_FROM = 20000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+DEFAULT_EPHEMERAL_START = 32768
+PICK_ATTEMPTS = 200
+_picker = random.SystemRandom()  # not the global generator: a test that seeds it must not make processes agree
+_handed_out: set[int] = set()
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_EPHEMERAL_START
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
+    """A TCP port free on loopback right now, below the ephemeral range (see PICKED_PORTS_FROM), and never one this
+    process handed out before; the OS's pick when that range is too small or full."""
+    end = _ephemeral_start()
+    for _ in range(PICK_ATTEMPTS if end - PICKED_PORTS_FROM >= 1000 else 0):
+        port = _picker.randrange(PICKED_PORTS_FROM, end)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
