@@ -72,6 +72,8 @@ async def walkthrough(gateway: Gateway) -> str:
 
     async def notified() -> list[dict[str, Any]]:
         status, body = await gateway.call("GET", f"/v1/users/{user_id}/notifications?pageSize=10")
+        if status == 503 and body.get("code") == 14:
+            return []  # declared, no instance passing yet: a container is healthy before Consul's check of it
         assert status == 200, body
         return list(body.get("notifications", []))
 
