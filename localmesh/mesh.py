@@ -26,6 +26,8 @@ log = logging.getLogger("localmesh.mesh")
 DEFAULT_STATE_DIR = Path("var") / "mesh"
 DEFAULT_RABBITMQ_NODE = "protomesh"
 STATE_FILE = "state.json"
+# The first line of what `protomesh up` prints once every component is ready (`up --detach` waits for it).
+UP_TABLE_HEADER = "protomesh is up:"
 # How each kind of topology entry runs locally.
 FACTORIES = {**components.FACTORIES, **observability.FACTORIES}
 
@@ -272,7 +274,7 @@ class Mesh:
 
     def table(self) -> str:
         rows = [f"  {name:<16} {component.url}" for name, component in self.components.items() if component.url]
-        return "\n".join(["protomesh is up:", *rows])
+        return "\n".join([UP_TABLE_HEADER, *rows])
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -17,7 +17,7 @@ from typing import Any
 
 from localmesh import control
 from localmesh.compose import TopologyError
-from localmesh.mesh import Mesh, MeshOptions, read_state
+from localmesh.mesh import UP_TABLE_HEADER, Mesh, MeshOptions, read_state
 from localmesh.process import MissingComponentError, pid_alive
 from localmesh.topology import Topology
 
@@ -160,8 +160,10 @@ def up_detached(project: Path, env: Mapping[str, str]) -> int:
     deadline = time.monotonic() + DETACH_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         state = read_state(options.state_dir)
-        if state and state.get("status") == "ready" and state.get("supervisor_pid") == child.pid:
-            print(log_path.read_text())
+        # The child marks its state ready a moment before it prints the table: wait for both.
+        ready = state and state.get("status") == "ready" and state.get("supervisor_pid") == child.pid
+        if ready and UP_TABLE_HEADER in (output := log_path.read_text()):
+            print(output)
             print(f"protomesh: running in the background (pid {child.pid}); `protomesh down` stops it")
             return 0
         if child.poll() is not None:
