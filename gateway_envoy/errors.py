@@ -12,6 +12,7 @@ from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 # The REST branch (front_filters.py) marks REST (non-gRPC) requests with this dynamic metadata before the
 # transcoder turns them into gRPC; Envoy's local replies to those get JSON bodies, gRPC clients keep grpc-status.
+# The same namespace holds a limited route's bucket and Retry-After (routes.RATE_LIMIT_METADATA).
 REST_METADATA_NAMESPACE = "protomesh.gateway"
 REST_METADATA_KEY = "rest"
 REST_MARK = "true"

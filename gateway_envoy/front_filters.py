@@ -50,19 +50,20 @@ GRPC_RESPONSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin
 UNVERIFIABLE_TOKEN = "Bearer e30.e30.oversized"
 
 
-def _typed(message: Message) -> AnyProto:
+def packed(message: Message) -> AnyProto:
+    """A message as the Any an Envoy typed_config holds (deterministic bytes, so versions stay stable)."""
     packed = AnyProto()
     packed.Pack(message, deterministic=True)
     return packed
 
 
 def _extension(name: str, message: Message) -> extension_pb2.TypedExtensionConfig:
-    return extension_pb2.TypedExtensionConfig(name=name, typed_config=_typed(message))
+    return extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(message))
 
 
 def _matching(name: str, message: Message) -> xds_extension_pb2.TypedExtensionConfig:
     """An input or action of a matcher (xds's own extension type)."""
-    return xds_extension_pb2.TypedExtensionConfig(name=name, typed_config=_typed(message))
+    return xds_extension_pb2.TypedExtensionConfig(name=name, typed_config=packed(message))
 
 
 def _envoy_headers() -> mutation_rules_pb2.HeaderMutation:
@@ -81,7 +82,7 @@ def hygiene_filter() -> hcm.HttpFilter:
         request_mutations=[_envoy_headers(), *_removed(CLAIMS_KEY)],
         response_mutations=[_envoy_headers()])
     return hcm.HttpFilter(name=HYGIENE_FILTER,
-                          typed_config=_typed(header_mutation_pb2.HeaderMutation(mutations=mutations)))
+                          typed_config=packed(header_mutation_pb2.HeaderMutation(mutations=mutations)))
 
 
 def _rest_mark() -> header_to_metadata_pb2.Config:
@@ -100,7 +101,7 @@ def _buffer(max_request_bytes: int) -> buffer_pb2.Buffer:
 def rest_filters(max_request_bytes: int) -> list[hcm.HttpFilter]:
     """The REST branch's filters, off unless a route turns them on (rest_route_configs)."""
     json_only = header_mutation_pb2.HeaderMutation()
-    return [hcm.HttpFilter(name=name, typed_config=_typed(config), disabled=True) for name, config in (
+    return [hcm.HttpFilter(name=name, typed_config=packed(config), disabled=True) for name, config in (
         (REST_MARK_FILTER, _rest_mark()), (REST_BUFFER_FILTER, _buffer(max_request_bytes)),
         (REST_JSON_FILTER, json_only))]
 
@@ -118,7 +119,7 @@ def _composite(name: str, matcher: matcher_pb2.Matcher) -> hcm.HttpFilter:
     """A composite filter: the matcher, on the request headers, picks the filters this request runs (if any)."""
     wrapped = extension_matcher_pb2.ExtensionWithMatcher(
         xds_matcher=matcher, extension_config=_extension("composite", composite_pb2.Composite()))
-    return hcm.HttpFilter(name=name, typed_config=_typed(wrapped))
+    return hcm.HttpFilter(name=name, typed_config=packed(wrapped))
 
 
 def _run(name: str, *filters: extension_pb2.TypedExtensionConfig) -> matcher_pb2.Matcher.OnMatch:

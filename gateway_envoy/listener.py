@@ -16,7 +16,6 @@ from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from google.protobuf.any_pb2 import Any as AnyProto
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
@@ -24,7 +23,7 @@ from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 from gateway_envoy.clusters import ads_source
 from gateway_envoy.edge_filters import JWT_FILTER, RATE_LIMIT_FILTER, RBAC_FILTER
 from gateway_envoy.errors import build_local_reply_config
-from gateway_envoy.front_filters import hygiene_filter, rest_filters, token_guard_filter
+from gateway_envoy.front_filters import hygiene_filter, packed, rest_filters, token_guard_filter
 from gateway_envoy.options import GatewayOptions
 from gateway_envoy.routes import ROUTE_CONFIG_NAME, STREAM_IDLE_TIMEOUT_S, TRANSCODER_FILTER
 from gateway_envoy.tls import edge_transport_socket
@@ -44,12 +43,6 @@ def _seconds(value: float) -> Duration:
     duration = Duration()
     duration.FromMilliseconds(round(value * 1000))
     return duration
-
-
-def _typed(message: Message) -> AnyProto:
-    packed = AnyProto()
-    packed.Pack(message, deterministic=True)
-    return packed
 
 
 def _discovered(name: str, config_type: type[Message]) -> hcm.HttpFilter:
@@ -101,12 +94,12 @@ def build_connection_manager(options: GatewayOptions) -> hcm.HttpConnectionManag
         hygiene_filter(),
         *rest_filters(options.max_request_bytes),
         *guard,
-        hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=_typed(disabled_transcoder())),
+        hcm.HttpFilter(name=TRANSCODER_FILTER, typed_config=packed(disabled_transcoder())),
         *security_filters(options),
         # No x-envoy-* headers either way (x-envoy-expected-rq-timeout-ms, -upstream-service-time, ...): a
         # service sees its caller's deadline and nothing of the gateway's own.
         hcm.HttpFilter(name="envoy.filters.http.router",
-                       typed_config=_typed(router_pb2.Router(suppress_envoy_headers=True))),
+                       typed_config=packed(router_pb2.Router(suppress_envoy_headers=True))),
     ]
     return hcm.HttpConnectionManager(
         stat_prefix=LISTENER_NAME,
@@ -134,7 +127,7 @@ def build_listener(options: GatewayOptions) -> listener_pb2.Listener:
     by what ALPN negotiated)."""
     manager = build_connection_manager(options)
     chain = listener_components_pb2.FilterChain(filters=[listener_components_pb2.Filter(
-        name="envoy.filters.network.http_connection_manager", typed_config=_typed(manager))])
+        name="envoy.filters.network.http_connection_manager", typed_config=packed(manager))])
     if options.edge_tls:
         # The certificate is the SDS secret `edge`: Envoy opens the port only once it has it.
         chain.transport_socket.CopyFrom(edge_transport_socket())

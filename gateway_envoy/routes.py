@@ -17,7 +17,7 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from gateway_envoy.bootstrap import XDS_CLUSTER
 from gateway_envoy.catalog import Catalog, routable
-from gateway_envoy.errors import RETRY_AFTER_METADATA_KEY, rest_request_matcher
+from gateway_envoy.errors import REST_METADATA_NAMESPACE, RETRY_AFTER_METADATA_KEY, rest_request_matcher
 from gateway_envoy.front_filters import rest_route_configs
 from gateway_envoy.options import GatewayOptions
 from protomesh.auth import RateLimit
@@ -46,7 +46,7 @@ NUM_RETRIES = 2
 HOST_SELECTION_ATTEMPTS = 5
 # A limited method's routes carry its path in their metadata (namespace, key); the local_ratelimit filter makes it
 # the value of its descriptor and holds one token bucket per value (edge_filters.build_rate_limit).
-RATE_LIMIT_METADATA = ("protomesh.gateway", "rate_limit")
+RATE_LIMIT_METADATA = (REST_METADATA_NAMESPACE, "rate_limit")
 RATE_LIMIT_DESCRIPTOR = "protomesh_method"
 # First retry backoff; Envoy's default (25 ms) doubles per try, capped at 10x. A crashed instance
 # refuses instantly, so the retry should go out almost at once.
